@@ -1,0 +1,87 @@
+"""Any ART evasion attack by class name (`art.SaliencyMapMethod`, `art.FastGradientMethod`, ...), run through
+`PyTorchClassifier(clip_values=(0, 1))`, so ART clips to the [0,1] range of the space the attack works in.
+
+Targets: `targets` picks the target class rule, seeded by `seed`, and never the true label:
+`random` (uniform over the other classes), `next` ((y + 1) mod K) or `least-likely` (lowest logit but y).
+`art.SaliencyMapMethod` is a targeted attack and always gets explicit targets (default rule `random`): ART's own
+fallback draws them from numpy's global RNG, which no seed of ours controls. Other attacks get the true labels
+(untargeted) unless `targets` is set, which also sets their `targeted=True`.
+`batch_size` defaults to the whole batch handed in (ART's default of 1 is slow); progress bars are off.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from adapters.base import Attack, check_params, signature_defaults
+
+TARGET_RULES = ("random", "next", "least-likely")
+ALWAYS_TARGETED = ("SaliencyMapMethod",)
+
+
+def classes() -> dict[str, type]:
+    from art.attacks import EvasionAttack
+    import art.attacks.evasion as evasion
+
+    return {name: obj for name, obj in vars(evasion).items()
+            if isinstance(obj, type) and issubclass(obj, EvasionAttack) and obj is not EvasionAttack}
+
+
+def parameters(cls_name: str) -> dict[str, Any]:
+    own = signature_defaults(classes()[cls_name].__init__, skip=("self", "classifier", "estimator", "verbose"))
+    default_rule = "random" if cls_name in ALWAYS_TARGETED else None
+    return {**own, "targets": default_rule}
+
+
+def choose_targets(rule: str, labels: torch.Tensor, logits: torch.Tensor, seed: int) -> torch.Tensor:
+    k = logits.shape[1]
+    if rule == "next":
+        return (labels + 1) % k
+    if rule == "least-likely":
+        return logits.masked_fill(nn.functional.one_hot(labels, k).bool(), float("inf")).argmin(1)
+    offsets = np.random.default_rng(seed).integers(1, k, size=len(labels))  # 1..K-1: never the true label
+    return (labels + torch.from_numpy(offsets).to(labels.device)) % k
+
+
+class ArtAttack(Attack):
+    def __init__(self, cls_name: str, *, space: str = "pixel", seed: int = 0, **params: Any):
+        self.name = f"art.{cls_name}"
+        known = classes()
+        if cls_name not in known:
+            raise ValueError(f"unknown ART evasion attack {cls_name!r}; valid: {', '.join(sorted(known))}")
+        super().__init__(space=space, seed=seed)
+        valid = parameters(cls_name)
+        check_params(self.name, params, valid)
+        self.targets = params.pop("targets", valid["targets"])
+        if self.targets is not None and self.targets not in TARGET_RULES:
+            raise ValueError(f"{self.name}: targets must be one of {', '.join(TARGET_RULES)}, got {self.targets!r}")
+        self.cls, self.cls_name, self.params = known[cls_name], cls_name, params
+
+    def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        from art.estimators.classification import PyTorchClassifier
+
+        with torch.no_grad():
+            logits = model(images)
+        k = logits.shape[1]
+        classifier = PyTorchClassifier(model=model, loss=nn.CrossEntropyLoss(), input_shape=tuple(images.shape[1:]),
+                                       nb_classes=k, clip_values=(0.0, 1.0),
+                                       device_type="gpu" if images.is_cuda else "cpu")
+        kwargs = dict(self.params)
+        own = signature_defaults(self.cls.__init__, skip=("self",))
+        if "batch_size" in own:
+            kwargs.setdefault("batch_size", len(images))
+        if "verbose" in own:
+            kwargs["verbose"] = False
+        if self.targets is not None and "targeted" in own and self.cls_name not in ALWAYS_TARGETED:
+            kwargs["targeted"] = True
+        attack = self.cls(classifier, **kwargs)
+        y = labels if self.targets is None else choose_targets(self.targets, labels, logits, self.seed)
+        one_hot = nn.functional.one_hot(y, k).cpu().numpy().astype(np.float32)
+        adv = attack.generate(images.cpu().numpy().astype(np.float32), y=one_hot)
+        return torch.from_numpy(adv).to(images.device)
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.params, "targets": self.targets, **super().describe()}

@@ -1,0 +1,48 @@
+"""Any torchattacks attack by class name: `torchattacks.FGSM`, `torchattacks.PGD`, `torchattacks.JSMA`, ...
+
+Distance measure, epsilon and defaults are torchattacks' own (FGSM: Linf, eps in the space given by `space`,
+default 8/255, output clamped to [0,1]). Parameters are forwarded unchanged. We never call
+`set_normalization_used`: our models normalize inside, so torchattacks sees the [0,1] images it expects.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from adapters.base import Attack, check_params, signature_defaults
+
+
+def _module():
+    import torchattacks
+
+    return torchattacks
+
+
+def classes() -> dict[str, type]:
+    ta = _module()
+    return {name: getattr(ta, name) for name in getattr(ta, "__all__", dir(ta))
+            if isinstance(getattr(ta, name, None), type) and issubclass(getattr(ta, name), ta.attack.Attack)
+            and name not in ("Attack", "MultiAttack", "VANILA", "LGV", "AutoAttack")}
+
+
+def parameters(cls_name: str) -> dict[str, Any]:
+    return signature_defaults(classes()[cls_name].__init__, skip=("self", "model"))
+
+
+class TorchattacksAttack(Attack):
+    def __init__(self, cls_name: str, *, space: str = "pixel", seed: int = 0, **params: Any):
+        self.name = f"torchattacks.{cls_name}"
+        known = classes()
+        if cls_name not in known:
+            raise ValueError(f"unknown torchattacks attack {cls_name!r}; valid: {', '.join(sorted(known))}")
+        super().__init__(space=space, seed=seed)
+        check_params(self.name, params, parameters(cls_name))
+        self.cls, self.params = known[cls_name], params
+
+    def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.cls(model, **self.params)(images, labels)
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.params, **super().describe()}

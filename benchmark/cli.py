@@ -1,0 +1,112 @@
+"""`python -m benchmark {run,validate,attacks,report,check,perf}`. User errors: one line on stderr, exit 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from benchmark.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own usage errors: one line, exit 2
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m benchmark",
+                     description="Adversarial fine-tuning transfer benchmark (FGSM/JSMA on CIFAR-10 and beyond).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run every cell of a suite (resumes from finished work)")
+    run.add_argument("suite", help="suite TOML file, e.g. suites/paper.toml")
+    run.add_argument("--out", help="output folder (default: runs/<suite name>)")
+    run.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    run.add_argument("--data-dir", help="CIFAR-10 root, or an image folder / .tar.gz standing in for it "
+                                        "(default: $BENCH_DATA_DIR, else the cache)")
+
+    validate = sub.add_parser("validate", help="check a suite and print its expanded plan; runs nothing")
+    validate.add_argument("suite")
+
+    sub.add_parser("attacks", help="list every attack with its parameters and defaults")
+
+    rep = sub.add_parser("report", help="(re)write report.md and figures for a finished run")
+    rep.add_argument("run_dir")
+    rep.add_argument("--against", help="another run folder to compare with (e.g. paper-code against paper)")
+
+    check = sub.add_parser("check", help="regression gate: compare a run's accuracies and ratios with a baseline")
+    check.add_argument("run_dir")
+    check.add_argument("--baseline", required=True, help="a results.json to compare with")
+    check.add_argument("--z", type=float, default=3.0, help="tolerance in binomial standard errors (default 3)")
+    check.add_argument("--tolerance", type=float, help="fixed absolute tolerance instead (e.g. 0.02)")
+
+    perf = sub.add_parser("perf", help="throughput of training and attacks on this machine, as a table")
+    perf.add_argument("--device", default="auto")
+    perf.add_argument("--arch", default="small-cnn", help="small-cnn (default), resnet18-cifar, ...")
+    perf.add_argument("--images", type=int, default=256, help="images per attack measurement")
+    perf.add_argument("--run-dir", help="also print the stage times of this finished run")
+    perf.add_argument("--out", help="also write the table as markdown to this file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
+    try:
+        return _dispatch(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished work is kept and a rerun resumes from it", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "validate":
+        from benchmark.suite import load
+
+        print(json.dumps(load(args.suite).plan(), indent=2))
+        return 0
+    if args.command == "attacks":
+        from tabulate import tabulate
+
+        from adapters import list_attacks
+
+        rows = [(name, ", ".join(f"{k}={v!r}" for k, v in params.items())) for name, params in list_attacks().items()]
+        print(tabulate(rows, headers=["attack", "parameters (defaults)"], tablefmt="github"))
+        return 0
+    if args.command == "run":
+        from tabulate import tabulate
+
+        from benchmark.runner import run_suite
+        from benchmark.suite import load
+
+        suite = load(args.suite)
+        out = Path(args.out) if args.out else Path("runs") / suite.name
+        frame = run_suite(suite, out, device=args.device, data_dir=args.data_dir)
+        table = (frame.groupby(["model", "attack", "size"], sort=False)[["orig_acc", "adv_acc", "ratio"]]
+                 .mean().reset_index())
+        print(tabulate(table, headers="keys", tablefmt="github", floatfmt=".3f", showindex=False))
+        print(f"\nresults: {out / 'results.json'}\nreport:  {out / 'report.md'}")
+        return 0
+    if args.command == "report":
+        from benchmark import report
+
+        print(report.write(Path(args.run_dir), against=Path(args.against) if args.against else None))
+        return 0
+    if args.command == "check":
+        from benchmark import check
+
+        return check.main(Path(args.run_dir), Path(args.baseline), z=args.z, tolerance=args.tolerance)
+    if args.command == "perf":
+        from benchmark import perf
+
+        print(perf.main(device=args.device, arch=args.arch, images=args.images,
+                        run_dir=Path(args.run_dir) if args.run_dir else None,
+                        out=Path(args.out) if args.out else None))
+        return 0
+    raise AssertionError(args.command)

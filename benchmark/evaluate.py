@@ -1,0 +1,65 @@
+"""One evaluation: attack a seeded subset of the test split and record, per image, what the model said.
+
+Sizes are nested prefixes of one seeded permutation per seed, so the largest size is attacked once and every
+smaller size is read off its prefix (the paper draws a fresh subset per size; prefixes of a random permutation
+are random subsets too, and cost one attack instead of five).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from adapters.base import Attack
+from benchmark.train import predict, to_float
+
+
+def subset(n_test: int, size: int, seed: int) -> torch.Tensor:
+    """The evaluation indices of one seed: a prefix of a permutation drawn from `seed`."""
+    return torch.randperm(n_test, generator=torch.Generator().manual_seed(seed))[:size]
+
+
+def attack_images(attack: Attack, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                  batch_size: int, desc: str = "attack") -> torch.Tensor:
+    """Adversarial versions of uint8 or float images, batched; float32 in [0,1] on the images' device."""
+    out = []
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, dynamic_ncols=True):
+        x = to_float(images[start:start + batch_size])
+        out.append(attack(model, x, labels[start:start + batch_size]))
+    return torch.cat(out)
+
+
+def run_evaluation(model: torch.nn.Module, attack: Attack, images: torch.Tensor, labels: torch.Tensor,
+                   batch_size: int, desc: str) -> dict[str, list]:
+    """Per-image outcome: true label, clean and adversarial predictions, and the perturbation's L0/L2/Linf in
+    pixel space."""
+    clean = to_float(images)
+    adv = attack_images(attack, model, images, labels, batch_size, desc)
+    delta = (adv - clean).flatten(1)
+    return {"label": labels.tolist(), "orig_pred": predict(model, clean).tolist(),
+            "adv_pred": predict(model, adv).tolist(),
+            "l0": (delta.abs() > 1e-6).sum(1).tolist(),
+            "l2": [round(v, 6) for v in delta.norm(dim=1).tolist()],
+            "linf": [round(v, 6) for v in delta.abs().amax(1).tolist()]}
+
+
+def summarize(outcome: dict[str, list], size: int, num_classes: int) -> dict[str, Any]:
+    """Accuracy on original and adversarial images, their ratio, attack success on the originally correct,
+    mean distances, and both confusion matrices (rows: true class, columns: predicted), for the first `size`."""
+    y = np.asarray(outcome["label"][:size])
+    orig = np.asarray(outcome["orig_pred"][:size])
+    adv = np.asarray(outcome["adv_pred"][:size])
+    correct = orig == y
+    orig_acc, adv_acc = float(correct.mean()), float((adv == y).mean())
+    return {"n": int(size), "orig_acc": orig_acc, "adv_acc": adv_acc,
+            "ratio": adv_acc / orig_acc if orig_acc > 0 else float("nan"),
+            "success_rate": float((adv[correct] != y[correct]).mean()) if correct.any() else float("nan"),
+            "l0": float(np.mean(outcome["l0"][:size])), "l2": float(np.mean(outcome["l2"][:size])),
+            "linf": float(np.mean(outcome["linf"][:size])),
+            "confusion_orig": _confusion(y, orig, num_classes), "confusion_adv": _confusion(y, adv, num_classes)}
+
+
+def _confusion(y: np.ndarray, pred: np.ndarray, k: int) -> list[list[int]]:
+    return np.bincount(y * k + pred, minlength=k * k).reshape(k, k).tolist()

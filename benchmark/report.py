@@ -1,0 +1,264 @@
+"""The markdown report of a run, against the paper's numbers: pandas for the arithmetic, tabulate for the tables,
+matplotlib for the figures (written beside it under figures/).
+
+Definitions follow the paper: a table cell is the mean over seeds of the accuracy (%) on `size` test images;
+the ratio of a model and attack is the mean over sizes of ADV / ORIG, taken on those seed means.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+from benchmark.errors import UserError
+from benchmark.store import atomic_write
+
+
+def load_results(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        raise UserError(f"no results.json in {run_dir} (run the suite first)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+
+
+def cells(results: dict[str, Any]) -> pd.DataFrame:
+    frame = pd.DataFrame(results["cells"])
+    if frame.empty:
+        raise UserError("results hold no cells")
+    return frame
+
+
+def seed_means(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean and spread over seeds per (model, attack, size), accuracies in %."""
+    grouped = frame.groupby(["model", "attack", "size"], sort=False)
+    out = grouped[["orig_acc", "adv_acc", "success_rate", "l0", "l2", "linf"]].mean()
+    out[["orig_sd", "adv_sd"]] = grouped[["orig_acc", "adv_acc"]].std(ddof=0)
+    out["seeds"] = grouped.size()
+    for col in ("orig_acc", "adv_acc", "orig_sd", "adv_sd"):
+        out[col] = out[col] * 100
+    return out.reset_index()
+
+
+def paper_ratio(means: pd.DataFrame) -> pd.DataFrame:
+    means = means.assign(r=means["adv_acc"] / means["orig_acc"])
+    return means.groupby(["model", "attack"], sort=False)["r"].mean().rename("ratio").reset_index()
+
+
+def _reference_cell(reference: dict, model: str, attack: str) -> dict | None:
+    tables = reference.get("tables", {})
+    ref_model = reference.get("models", {}).get(model, model)
+    ref_attack = reference.get("attacks", {}).get(attack)
+    if ref_attack is None:
+        ref_attack = reference.get("attacks", {}).get(attack.split("@")[0], attack)
+    return tables.get(ref_model, {}).get(ref_attack)
+
+
+def _fmt(v: float | None, digits: int = 2) -> str:
+    return "" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
+
+
+def paper_tables(results: dict, means: pd.DataFrame) -> list[str]:
+    reference = results.get("reference") or {}
+    ref_sizes = reference.get("sizes", [])
+    sizes = sorted(means["size"].unique())
+    out = []
+    for model in dict.fromkeys(means["model"]):
+        rows = []
+        for attack in dict.fromkeys(means.loc[means["model"] == model, "attack"]):
+            sel = means[(means["model"] == model) & (means["attack"] == attack)].set_index("size")
+            ref = _reference_cell(reference, model, attack)
+            for kind, col, sd in (("ORIG", "orig_acc", "orig_sd"), ("ADV", "adv_acc", "adv_sd")):
+                rows.append([attack, kind] + [f"{sel.at[s, col]:.2f} ± {sel.at[s, sd]:.2f}" for s in sizes])
+                if ref is not None:
+                    paper = {s: v for s, v in zip(ref_sizes, ref[kind.lower()])}
+                    rows.append(["", f"{kind} paper"] + [_fmt(paper.get(s)) for s in sizes])
+                    rows.append(["", f"{kind} Δ"] + [
+                        f"{sel.at[s, col] - paper[s]:+.2f}" if s in paper else "" for s in sizes])
+        seeds = int(means.loc[means["model"] == model, "seeds"].max())
+        out.append(f"### {model}\n\nAccuracy (%) on original (ORIG) and adversarial (ADV) images, mean ± sd over "
+                   f"{seeds} seed(s); paper rows from {reference.get('source', 'no reference')}.\n")
+        out.append(tabulate(rows, headers=["attack", ""] + [f"{s} images" for s in sizes], tablefmt="github",
+                            disable_numparse=True))
+        out.append("")
+    return out
+
+
+def ratio_table(results: dict, means: pd.DataFrame) -> list[str]:
+    reference = results.get("reference") or {}
+    rows = []
+    for _, r in paper_ratio(means).iterrows():
+        ref = _reference_cell(reference, r["model"], r["attack"])
+        stated = (reference.get("ratios", {}).get(reference.get("models", {}).get(r["model"], r["model"]), {})
+                  .get((reference.get("attacks", {}).get(r["attack"]) or r["attack"])))
+        from_tables = None
+        if ref is not None:
+            from_tables = float(np.mean([a / o for a, o in zip(ref["adv"], ref["orig"])]))
+        rows.append([r["model"], r["attack"], _fmt(r["ratio"], 3), _fmt(stated, 2), _fmt(from_tables, 3),
+                     f"{r['ratio'] - from_tables:+.3f}" if from_tables is not None else ""])
+    return [tabulate(rows, headers=["model", "attack", "ADV/ORIG measured", "paper (stated)",
+                                    "paper (from its tables)", "Δ"], tablefmt="github", disable_numparse=True)]
+
+
+def agreement_table(means: pd.DataFrame) -> list[str]:
+    size = means["size"].max()
+    sel = means[means["size"] == size]
+    rows = [[r["model"], r["attack"], _fmt(r["orig_acc"]), _fmt(r["adv_acc"]), _fmt(100 * r["success_rate"]),
+             _fmt(r["l0"], 1), _fmt(r["l2"], 3), _fmt(r["linf"], 4)] for _, r in sel.iterrows()]
+    return [f"Same images per seed for every attack ({size} per seed); success rate counts images the model "
+            "classified correctly before the attack and not after; distances in pixel space ([0,1]), L0 in "
+            "changed pixel-channels.\n",
+            tabulate(rows, headers=["model", "attack", "ORIG %", "ADV %", "success %", "L0", "L2", "Linf"],
+                     tablefmt="github", disable_numparse=True)]
+
+
+def clamp_ablation(results: dict, frame: pd.DataFrame, means: pd.DataFrame) -> list[str]:
+    """Where an attack in normalized space sweeps eps including 0, how much of the accuracy drop the clamp of
+    the normalized tensor explains alone: (ORIG - ADV at eps 0) / (ORIG - ADV at eps)."""
+    attacks = results["suite"].get("attacks", {})
+    size = means["size"].max()
+    rows = []
+    for family, entry in attacks.items():
+        if entry.get("space") != "normalized" or not isinstance(entry.get("eps"), list) or 0 not in entry["eps"]:
+            continue
+        zero = f"{family}@eps=0"
+        for model in dict.fromkeys(means["model"]):
+            sel = means[(means["model"] == model) & (means["size"] == size)].set_index("attack")
+            if zero not in sel.index:
+                continue
+            for eps in entry["eps"]:
+                name = f"{family}@eps={eps}"
+                if eps == 0 or name not in sel.index:
+                    continue
+                orig, full, clamp = sel.at[name, "orig_acc"], sel.at[name, "adv_acc"], sel.at[zero, "adv_acc"]
+                share = (orig - clamp) / (orig - full) if orig != full else float("nan")
+                rows.append([model, family, eps, _fmt(orig), _fmt(clamp), _fmt(full), _fmt(100 * share, 1)])
+    if not rows:
+        return []
+    return ["## The clamp alone (paper-code)\n",
+            "The authors' code clamps the *normalized* tensor to [0,1], which moves every pixel into [0.5,1] "
+            f"whatever eps is. At eps = 0 only the clamp acts. {size} images per seed.\n",
+            tabulate(rows, headers=["model", "attack", "eps (normalized)", "ORIG %", "ADV % (clamp only)",
+                                    "ADV % (eps + clamp)", "drop explained by clamp %"], tablefmt="github",
+                     disable_numparse=True), ""]
+
+
+def comparison(results: dict, means: pd.DataFrame, other: dict) -> list[str]:
+    other_means = seed_means(cells(other))
+    mine, theirs = paper_ratio(means), paper_ratio(other_means)
+    rows = []
+    for (_, a), (_, b) in zip(mine.iterrows(), theirs.iterrows()):
+        rows.append([f"{a['model']} / {a['attack']}", _fmt(a["ratio"], 3), f"{b['model']} / {b['attack']}",
+                     _fmt(b["ratio"], 3), f"{a['ratio'] - b['ratio']:+.3f}"])
+    return [f"## Against {other.get('suite_name')} ({other.get('profile')})\n",
+            "Rows pair the two suites' (model, attack) cells in matrix order; ratio = mean over sizes of "
+            "ADV/ORIG.\n",
+            tabulate(rows, headers=[f"{results.get('suite_name')}", "ratio", f"{other.get('suite_name')}",
+                                    "ratio", "Δ"], tablefmt="github", disable_numparse=True), ""]
+
+
+def environment(results: dict, run_dir: Path) -> list[str]:
+    data = results.get("data", {})
+    v = results.get("versions", {})
+    lines = [f"- data: {data.get('description')} (`{data.get('checksum')}`)",
+             f"- device: {results.get('device')}",
+             "- versions: " + ", ".join(f"{k} {v[k]}" for k in sorted(v)),
+             f"- git commit: `{results.get('git_commit')}`",
+             f"- suite: `{results.get('suite_name')}` (profile {results.get('profile')}, hash "
+             f"`{results.get('suite_hash')}`)"]
+    run_file = Path(run_dir) / "run.json"
+    if run_file.is_file():
+        timings = json.loads(run_file.read_text()).get("timings_s", {})
+        lines.append("- wall time per stage (s, this run; cached stages count ~0): " +
+                     ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+    models = results.get("models", {})
+    lines.append("- models (clean accuracy on the whole test split): " +
+                 ", ".join(f"{name} {100 * info['test_acc']:.2f}%" for name, info in models.items()))
+    return lines
+
+
+def figures(results: dict, frame: pd.DataFrame, means: pd.DataFrame, run_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig_dir = Path(run_dir) / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    classes = results.get("classes") or [str(i) for i in range(10)]
+    size = frame["size"].max()
+    links = ["## Confusion matrices\n", f"Summed over seeds, {size} images per seed; rows true class, columns "
+             "predicted.\n"]
+    for (model, attack), group in frame[frame["size"] == size].groupby(["model", "attack"], sort=False):
+        fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
+        for ax, key, title in zip(axes, ("confusion_orig", "confusion_adv"), ("original", "adversarial")):
+            matrix = np.sum([np.asarray(m) for m in group[key]], axis=0)
+            ax.imshow(matrix, cmap="Blues")
+            ax.set_title(f"{title} ({100 * np.trace(matrix) / matrix.sum():.1f}% correct)")
+            ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+            ax.set_yticks(range(len(classes)), classes, fontsize=7)
+            for i, j in zip(*np.nonzero(matrix)):
+                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=5)
+        fig.suptitle(f"{model} under {attack}")
+        fig.tight_layout()
+        name = f"confusion-{_slug(model)}-{_slug(attack)}.png"
+        fig.savefig(fig_dir / name, dpi=110)
+        plt.close(fig)
+        links.append(f"- [{model} / {attack}](figures/{name})")
+    swept = frame[frame["sweep"].notna()]
+    if not swept.empty:
+        links += ["", "## Robustness curves\n"]
+        swept = swept.assign(param=swept["sweep"].map(lambda s: s[0]), value=swept["sweep"].map(lambda s: s[1]))
+        for family, group in swept[swept["size"] == size].groupby("attack_family", sort=False):
+            fig, ax = plt.subplots(figsize=(5, 3.5))
+            for model, g in group.groupby("model", sort=False):
+                curve = g.groupby("value")["adv_acc"].mean() * 100
+                ax.plot(curve.index, curve.values, marker="o", label=model)
+            ax.set_xlabel(group["param"].iloc[0])
+            ax.set_ylabel("ADV accuracy (%)")
+            ax.set_title(f"{family}, {size} images x {group['seed'].nunique()} seeds")
+            ax.legend()
+            fig.tight_layout()
+            name = f"curve-{_slug(family)}.png"
+            fig.savefig(fig_dir / name, dpi=110)
+            plt.close(fig)
+            links.append(f"![{family}](figures/{name})")
+    return links
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def render(results: dict, run_dir: Path, *, against: dict | None = None, with_figures: bool = True) -> str:
+    frame = cells(results)
+    means = seed_means(frame)
+    data = results.get("data", {})
+    parts = [f"# {results.get('suite_name')}: adversarial fine-tuning transfer report", "",
+             f"Data: **{data.get('description')}**. Profile: **{results.get('profile')}**.", "",
+             "## Tables as in the paper", ""]
+    parts += paper_tables(results, means)
+    parts += ["## ADV/ORIG ratio", ""] + ratio_table(results, means) + [""]
+    parts += ["## Attacks side by side (cross-toolkit agreement)", ""] + agreement_table(means) + [""]
+    parts += clamp_ablation(results, frame, means)
+    if against is not None:
+        parts += comparison(results, means, against)
+    if with_figures:
+        parts += figures(results, frame, means, run_dir) + [""]
+    parts += ["## Environment", ""] + environment(results, run_dir) + [""]
+    return "\n".join(parts)
+
+
+def write(run_dir: Path, *, against: Path | None = None) -> str:
+    results = load_results(run_dir)
+    other = load_results(against) if against is not None else None
+    text = render(results, Path(run_dir), against=other)
+    path = Path(run_dir) / "report.md"
+    atomic_write(path, text.encode())
+    return text

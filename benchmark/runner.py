@@ -1,0 +1,266 @@
+"""The runner: a suite becomes a graph (data -> base models -> adversarial sets -> fine-tuned models -> evaluations)
+run on one device, every node cached under a key that hashes everything that determines it.
+
+Keys: a model hashes its suite entry, the data checksum and torch's version, and for a fine-tune its parent's
+weights hash and its adversarial set's hash; an adversarial set hashes its attack, the parent's weights, the image
+indices and the attack libraries' versions; an evaluation hashes the model's weights, the attack, the seed and
+its image indices. A rerun reuses what finished; kill -9 loses at most the node in flight.
+
+Evaluations are pure functions of their job (`Evaluation`), run through an executor: `LocalExecutor` runs them
+in-process; a distributed one only has to provide `map`.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from tqdm.auto import tqdm
+
+from adapters import get_attack
+from benchmark import data as datasets
+from benchmark import env, evaluate, models, report
+from benchmark.errors import UserError
+from benchmark.store import Store, atomic_json, tensors_hash
+from benchmark.suite import AttackSpec, ModelSpec, Suite, digest, load
+from benchmark.train import Schedule, fit, predict
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    model: str
+    model_hash: str
+    attack: AttackSpec
+    seed: int
+    size: int  # the largest evaluation size: smaller ones are its prefixes
+    key: str
+
+
+class LocalExecutor:
+    """Runs jobs one after another in this process, with a progress bar and an ETA."""
+
+    def map(self, fn: Callable[[Evaluation], Any], jobs: list[Evaluation], desc: str) -> list[Any]:
+        return [fn(job) for job in tqdm(jobs, desc=desc, unit="eval", dynamic_ncols=True)]
+
+
+@dataclass
+class Context:
+    suite: Suite
+    data: datasets.Dataset
+    device: torch.device
+    store: Store
+    versions: dict[str, str]
+    timings: dict[str, float] = field(default_factory=dict)
+    model_info: dict[str, dict] = field(default_factory=dict)
+    _loaded: dict[str, torch.nn.Module] = field(default_factory=dict)
+
+    def timed(self, stage: str, seconds: float) -> None:
+        self.timings[stage] = round(self.timings.get(stage, 0.0) + seconds, 3)
+
+
+def run_suite(suite: Suite | str | Path, out: str | Path | None = None, *, device: str = "auto",
+              data_dir: str | Path | None = None, executor: LocalExecutor | None = None,
+              write_report: bool = True):
+    """Run every cell of a suite; return a pandas DataFrame with one row per (model, attack, seed, size)."""
+    import pandas as pd
+
+    suite = suite if isinstance(suite, Suite) else load(suite)
+    out = Path(out) if out is not None else Path("runs") / suite.name
+    torch_device = env.resolve_device(device)
+    started = time.perf_counter()
+    data = prepare_data(suite, data_dir)
+    ctx = Context(suite, data.to(torch_device), torch_device, Store(out / "artefacts"),
+                  env.versions())
+    ctx.timed("data", time.perf_counter() - started)
+    for spec in suite.models.values():
+        build_model(ctx, spec)
+    jobs = plan_evaluations(ctx)
+    outcomes = (executor or LocalExecutor()).map(lambda job: run_job(ctx, job), jobs, desc="evaluations")
+    rows = summarize(ctx, jobs, outcomes)
+    results = {"suite": suite.raw, "suite_name": suite.name, "suite_hash": suite.hash, "profile": suite.profile,
+               "plan": suite.plan(), "data": data.identity, "device": env.device_name(torch_device),
+               "versions": ctx.versions, "git_commit": env.git_commit(), "models": ctx.model_info,
+               "reference": suite.reference, "classes": data.classes, "cells": rows}
+    atomic_json(out / "results.json", results)
+    ctx.timed("total", time.perf_counter() - started)
+    atomic_json(out / "run.json", {"timings_s": ctx.timings, "device": env.device_name(torch_device),
+                                   "suite_hash": suite.hash})
+    if write_report:
+        report.write(out)
+    return pd.DataFrame(rows)
+
+
+def prepare_data(suite: Suite, data_dir) -> datasets.Dataset:
+    """Load the data and check the suite against it before anything is written."""
+    spec = suite.data
+    data = datasets.load(spec["source"], data_dir,
+                         synthetic_size=(spec.get("train", 5000), spec.get("test", 2000)))
+    n_test = len(data.test_y)
+    if max(suite.sizes) > n_test:
+        raise UserError(f"{suite.path}: evaluation size {max(suite.sizes)} exceeds the test split ({n_test} images)")
+    for spec in suite.models.values():
+        if spec.parent is not None:
+            pool = len(data.train_y) if spec.entry["split"] == "train" else n_test
+            if spec.entry["images"] > pool:
+                raise UserError(f"{suite.path}: models.{spec.name}.images = {spec.entry['images']} exceeds the "
+                                f"{spec.entry['split']} split ({pool} images)")
+        elif (spec.entry["early_stop"] or {}).get("val_size", 0) >= len(data.train_y):
+            raise UserError(f"{suite.path}: models.{spec.name}.early_stop.val_size leaves no training images")
+    return data
+
+
+def load_model(ctx: Context, name: str) -> torch.nn.Module:
+    if name not in ctx._loaded:
+        info = ctx.model_info[name]
+        root = ctx.suite.models[name]
+        while root.parent is not None:
+            root = ctx.suite.models[root.parent]
+        model = models.build(root.entry["arch"], mean=root.entry["mean"], std=root.entry["std"],
+                             num_classes=len(ctx.data.classes))
+        model.load_state_dict(ctx.store.get_tensors("models", info["key"], ctx.device))
+        ctx._loaded[name] = model.to(ctx.device).eval()
+    return ctx._loaded[name]
+
+
+def build_model(ctx: Context, spec: ModelSpec) -> None:
+    """Train (or reuse) one model; fills ctx.model_info[spec.name]."""
+    started = time.perf_counter()
+    checksum, torch_version = ctx.data.identity["checksum"], ctx.versions["torch"]
+    if spec.parent is None:
+        key = digest({"kind": "model", "entry": spec.entry, "data": checksum, "torch": torch_version})[:24]
+        info = ctx.store.get_json("model-info", key)
+        if info is None or ctx.store.get_tensors("models", key) is None:
+            info = train_base(ctx, spec, key)
+    else:
+        parent = ctx.model_info[spec.parent]
+        adv_key, adv_info = build_adversarial_set(ctx, spec)
+        key = digest({"kind": "finetune", "entry": spec.entry, "parent": parent["weights"],
+                      "adversarial_set": adv_info["hash"], "torch": torch_version})[:24]
+        info = ctx.store.get_json("model-info", key)
+        if info is None or ctx.store.get_tensors("models", key) is None:
+            info = finetune(ctx, spec, key, adv_key, adv_info)
+    ctx.model_info[spec.name] = info
+    ctx.timed(f"model:{spec.name}", time.perf_counter() - started)
+
+
+def _save_model(ctx: Context, key: str, model: torch.nn.Module, info: dict) -> dict:
+    state = {k: v for k, v in model.state_dict().items()}
+    info = {**info, "key": key, "weights": tensors_hash(state),
+            "test_acc": float((predict(model, ctx.data.test_x) == ctx.data.test_y).float().mean())}
+    ctx.store.put_tensors("models", key, state)
+    ctx.store.put_json("model-info", key, info)
+    return info
+
+
+def train_base(ctx: Context, spec: ModelSpec, key: str) -> dict:
+    e = spec.entry
+    torch.manual_seed(e["seed"])
+    model = models.build(e["arch"], mean=e["mean"], std=e["std"], num_classes=len(ctx.data.classes)).to(ctx.device)
+    x, y, val = ctx.data.train_x, ctx.data.train_y, None
+    early = e["early_stop"]
+    if early:
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(e["seed"])).to(ctx.device)
+        held, kept = order[:early["val_size"]], order[early["val_size"]:]
+        val, x, y = (x[held], y[held]), x[kept], y[kept]
+    history = fit(model, x, y, epochs=e["epochs"], batch_size=e["batch_size"], schedule=Schedule(lr=e["lr"]),
+                  seed=e["seed"], augment=e["augment"], val=val, patience=early["patience"] if early else None,
+                  desc=f"train {spec.name}")
+    return _save_model(ctx, key, model, {"name": spec.name, "kind": "base", "history": history.epochs,
+                                         "stopped_early": history.stopped_early, "best_epoch": history.best_epoch,
+                                         "train_images": len(y)})
+
+
+def finetune_indices(ctx: Context, spec: ModelSpec) -> torch.Tensor:
+    e = spec.entry
+    pool = len(ctx.data.train_y) if e["split"] == "train" else len(ctx.data.test_y)
+    return torch.randperm(pool, generator=torch.Generator().manual_seed(e["seed"]))[:e["images"]]
+
+
+def build_adversarial_set(ctx: Context, spec: ModelSpec) -> tuple[str, dict]:
+    """The N images a fine-tune trains on, perturbed by its attack against the parent, with true labels."""
+    e = spec.entry
+    parent = ctx.model_info[spec.parent]
+    idx = finetune_indices(ctx, spec)
+    attack_entry = e["attack_spec"]
+    key = digest({"kind": "adversarial-set", "attack": attack_entry, "parent": parent["weights"],
+                  "data": ctx.data.identity["checksum"], "split": e["split"], "indices": idx.tolist(),
+                  "versions": ctx.versions})[:24]
+    info = ctx.store.get_json("adversarial-set-info", key)
+    if info is not None and ctx.store.get_tensors("adversarial-sets", key) is not None:
+        return key, info
+    xs, ys = (ctx.data.train_x, ctx.data.train_y) if e["split"] == "train" else (ctx.data.test_x, ctx.data.test_y)
+    dev_idx = idx.to(ctx.device)
+    attack = get_attack(attack_entry["adapter"], **{k: v for k, v in attack_entry.items() if k != "adapter"})
+    adv = evaluate.attack_images(attack, load_model(ctx, spec.parent), xs[dev_idx], ys[dev_idx],
+                                 ctx.suite.eval_batch_size, desc=f"perturb {e['images']} for {spec.name}")
+    tensors = {"images": adv, "labels": ys[dev_idx], "indices": idx}
+    info = {"hash": tensors_hash(tensors), "split": e["split"], "attack": e["attack"], "n": len(idx)}
+    ctx.store.put_tensors("adversarial-sets", key, tensors)
+    ctx.store.put_json("adversarial-set-info", key, info)
+    return key, info
+
+
+def finetune(ctx: Context, spec: ModelSpec, key: str, adv_key: str, adv_info: dict) -> dict:
+    e = spec.entry
+    adv = ctx.store.get_tensors("adversarial-sets", adv_key, ctx.device)
+    tuned = copy.deepcopy(load_model(ctx, spec.parent))
+    torch.manual_seed(e["seed"])
+    history = fit(tuned, adv["images"], adv["labels"], epochs=e["epochs"], batch_size=e["batch_size"],
+                  schedule=Schedule(e["schedule"], lr=e["lr"], warmup=e["warmup"], final=e["final"]),
+                  seed=e["seed"], desc=f"fine-tune {spec.name}")
+    return _save_model(ctx, key, tuned, {"name": spec.name, "kind": "finetune", "parent": spec.parent,
+                                         "history": history.epochs, "adversarial_set": adv_info,
+                                         "finetune_indices": adv["indices"].tolist()})
+
+
+def plan_evaluations(ctx: Context) -> list[Evaluation]:
+    size = max(ctx.suite.sizes)
+    jobs = []
+    for model in ctx.suite.matrix_models:
+        weights = ctx.model_info[model]["weights"]
+        for attack_name in ctx.suite.matrix_attacks:
+            attack = ctx.suite.attacks[attack_name]
+            for seed in ctx.suite.seeds:
+                idx = evaluate.subset(len(ctx.data.test_y), size, seed)
+                key = digest({"kind": "evaluation", "weights": weights, "adapter": attack.adapter,
+                              "params": attack.params, "seed": seed, "indices": idx.tolist(),
+                              "data": ctx.data.identity["checksum"], "versions": ctx.versions})[:24]
+                jobs.append(Evaluation(model, weights, attack, seed, size, key))
+    return jobs
+
+
+def run_job(ctx: Context, job: Evaluation) -> dict:
+    cached = ctx.store.get_json("evaluations", job.key)
+    if cached is not None:
+        return cached
+    started = time.perf_counter()
+    idx = evaluate.subset(len(ctx.data.test_y), job.size, job.seed).to(ctx.device)
+    attack = get_attack(job.attack.adapter, **{"seed": job.seed, **job.attack.params})
+    outcome = evaluate.run_evaluation(load_model(ctx, job.model), attack, ctx.data.test_x[idx],
+                                      ctx.data.test_y[idx], ctx.suite.eval_batch_size,
+                                      desc=f"{job.attack.name} on {job.model} (seed {job.seed})")
+    outcome["indices"] = idx.tolist()
+    ctx.store.put_json("evaluations", job.key, outcome)
+    ctx.timed(f"attack:{job.attack.name}", time.perf_counter() - started)
+    return outcome
+
+
+def summarize(ctx: Context, jobs: Iterable[Evaluation], outcomes: Iterable[dict]) -> list[dict]:
+    rows = []
+    for job, outcome in zip(jobs, outcomes):
+        tuned_on = set(ctx.model_info[job.model].get("finetune_indices", []))
+        test_split = ctx.suite.models[job.model].entry.get("split") == "test"
+        for size in ctx.suite.sizes:
+            row = {"model": job.model, "attack": job.attack.name, "attack_family": job.attack.family,
+                   "adapter": job.attack.adapter, "seed": job.seed, "size": size,
+                   "sweep": list(job.attack.sweep) if job.attack.sweep else None,
+                   **evaluate.summarize(outcome, size, len(ctx.data.classes))}
+            # Images the model was fine-tuned on that it is now evaluated on (the paper's code drew both from
+            # the test split).
+            row["finetune_overlap"] = (sum(i in tuned_on for i in outcome["indices"][:size])
+                                       if test_split else 0)
+            rows.append(row)
+    return rows

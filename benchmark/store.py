@@ -1,0 +1,89 @@
+"""Artefacts on disk, keyed by a hash of everything that determines them, written atomically, verified on read.
+
+Each artefact is a payload file plus `<key>.sha256`, written after it. A payload whose checksum does not match is
+reported and rebuilt; a payload without its checksum file (a kill between the two renames) is simply rebuilt.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_json(path: Path, obj: Any) -> None:
+    atomic_write(path, (json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n").encode())
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def tensors_hash(tensors: dict[str, torch.Tensor]) -> str:
+    """Content hash of named tensors (order-independent of file layout): identifies weights and image sets."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+class Store:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def _paths(self, kind: str, key: str, suffix: str) -> tuple[Path, Path]:
+        base = self.root / kind / key
+        return base.with_suffix(suffix), base.with_suffix(".sha256")
+
+    def _read(self, kind: str, key: str, suffix: str) -> bytes | None:
+        payload, check = self._paths(kind, key, suffix)
+        if not payload.exists() or not check.exists():
+            return None
+        data = payload.read_bytes()
+        if sha256(data) != check.read_text().strip():
+            warnings.warn(f"artefact {payload} is corrupted (checksum mismatch); rebuilding it", stacklevel=3)
+            payload.unlink(missing_ok=True)
+            check.unlink(missing_ok=True)
+            return None
+        return data
+
+    def _write(self, kind: str, key: str, suffix: str, data: bytes) -> None:
+        payload, check = self._paths(kind, key, suffix)
+        atomic_write(payload, data)
+        atomic_write(check, sha256(data).encode())
+
+    def get_tensors(self, kind: str, key: str, device: torch.device | str = "cpu") -> dict[str, torch.Tensor] | None:
+        import io
+
+        data = self._read(kind, key, ".pt")
+        return None if data is None else torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+
+    def put_tensors(self, kind: str, key: str, tensors: dict[str, torch.Tensor]) -> None:
+        import io
+
+        buffer = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in tensors.items()}, buffer)
+        self._write(kind, key, ".pt", buffer.getvalue())
+
+    def get_json(self, kind: str, key: str) -> Any | None:
+        data = self._read(kind, key, ".json")
+        return None if data is None else json.loads(data)
+
+    def put_json(self, kind: str, key: str, obj: Any) -> None:
+        self._write(kind, key, ".json", (json.dumps(obj, sort_keys=True) + "\n").encode())

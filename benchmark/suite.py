@@ -1,0 +1,301 @@
+"""Suite files: the schema, its validation, and the expanded plan. Read with tomllib; nothing runs here.
+
+A suite names models (a base recipe, or a fine-tune of another model on N images perturbed by a named attack),
+attacks (an adapter and its parameters; a list-valued parameter expands into one attack per value, which is how
+a robustness curve is asked for), the models x attacks matrix, evaluation sizes and seeds, and the reference
+numbers to compare with. See suites/paper.toml for a commented example.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmark.data import SOURCES
+from benchmark.errors import UserError
+from benchmark.models import ARCHITECTURES
+from benchmark.train import SCHEDULES
+
+SCHEMA = 1
+TOP_KEYS = {"schema", "name", "description", "profile", "data", "models", "attacks", "matrix", "evaluation",
+            "reference"}
+PROFILES = ("paper", "paper-code", "custom")
+BASE_KEYS = {"arch": str, "mean": list, "std": list, "lr": float, "batch_size": int, "epochs": int,
+             "augment": bool, "seed": int, "early_stop": dict}
+FINETUNE_KEYS = {"from": str, "attack": str, "images": int, "split": str, "schedule": str, "lr": float,
+                 "batch_size": int, "epochs": int, "seed": int, "warmup": float, "final": float}
+EARLY_STOP_KEYS = {"patience": int, "val_size": int}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    entry: dict[str, Any]  # the suite's entry with defaults filled in: what the model's key hashes
+
+    @property
+    def parent(self) -> str | None:
+        return self.entry.get("from")
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    name: str  # unique, e.g. "fgsm" or "fgsm@eps=0.005" for one point of a sweep
+    family: str  # the suite's attack name before expansion
+    adapter: str
+    params: dict[str, Any]
+    sweep: tuple[str, Any] | None = None
+
+
+@dataclass
+class Suite:
+    path: Path
+    raw: dict[str, Any]
+    name: str
+    profile: str
+    data: dict[str, Any]
+    models: dict[str, ModelSpec]  # in dependency order
+    attacks: dict[str, AttackSpec]  # expanded
+    matrix_models: list[str]
+    matrix_attacks: list[str]  # expanded names
+    sizes: list[int]
+    seeds: list[int]
+    eval_batch_size: int
+    reference: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def hash(self) -> str:
+        return digest(self.raw)[:16]
+
+    def plan(self) -> dict[str, Any]:
+        base = [m for m in self.models.values() if m.parent is None]
+        tuned = [m for m in self.models.values() if m.parent is not None]
+        evaluations = len(self.matrix_models) * len(self.matrix_attacks) * len(self.seeds)
+        return {"suite": self.name, "profile": self.profile, "data": self.data["source"],
+                "base_models": [m.name for m in base],
+                "adversarial_sets": [f"{m.entry['images']} x {m.entry['attack']} on {m.parent} "
+                                     f"({m.entry['split']} split)" for m in tuned],
+                "finetuned_models": [m.name for m in tuned],
+                "attacks": list(self.matrix_attacks),
+                "evaluations": evaluations, "cells": evaluations * len(self.sizes)}
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def load(path: str | Path) -> Suite:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"suite file not found: {path}")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: malformed TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file") from None
+    return parse(raw, path)
+
+
+def parse(raw: dict[str, Any], path: Path) -> Suite:
+    where = str(path)
+
+    def fail(msg: str) -> UserError:
+        return UserError(f"{where}: {msg}")
+
+    _unknown(raw, TOP_KEYS, "", fail)
+    if raw.get("schema") != SCHEMA:
+        raise fail(f"schema must be {SCHEMA}, got {raw.get('schema')!r}")
+    profile = raw.get("profile", "custom")
+    if profile not in PROFILES:
+        raise fail(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+    for section in ("data", "models", "attacks", "matrix", "evaluation"):
+        if not isinstance(raw.get(section), dict):
+            raise fail(f"missing [{section}] table")
+
+    data = dict(raw["data"])
+    _unknown(data, {"source", "train", "test"}, "data.", fail)
+    if data.get("source") not in SOURCES:
+        raise fail(f"data.source must be one of {', '.join(SOURCES)}, got {data.get('source')!r}")
+    for key in ("train", "test"):
+        if key in data and (not _is_int(data[key]) or data[key] < 1):
+            raise fail(f"data.{key} must be a positive integer")
+        if key in data and data["source"] != "synthetic":
+            raise fail(f"data.{key} applies to the synthetic source only")
+
+    attacks = _attacks(raw["attacks"], fail)
+    models = _models(raw["models"], raw["attacks"], fail)
+
+    matrix = raw["matrix"]
+    _unknown(matrix, {"models", "attacks"}, "matrix.", fail)
+    matrix_models = _names(matrix.get("models"), "matrix.models", fail)
+    for name in matrix_models:
+        if name not in models:
+            raise fail(f"matrix.models names unknown model {name!r}; defined: {', '.join(models)}")
+    matrix_attacks = []
+    for name in _names(matrix.get("attacks"), "matrix.attacks", fail):
+        expanded = [a.name for a in attacks.values() if a.family == name]
+        if not expanded:
+            raise fail(f"matrix.attacks names unknown attack {name!r}; defined: {', '.join(raw['attacks'])}")
+        matrix_attacks += expanded
+
+    evaluation = raw["evaluation"]
+    _unknown(evaluation, {"sizes", "seeds", "batch_size"}, "evaluation.", fail)
+    sizes = evaluation.get("sizes")
+    if not isinstance(sizes, list) or not sizes or not all(_is_int(s) and s > 0 for s in sizes):
+        raise fail("evaluation.sizes must be a non-empty list of positive integers")
+    seeds = evaluation.get("seeds")
+    if not isinstance(seeds, list) or not seeds or not all(_is_int(s) and s >= 0 for s in seeds):
+        raise fail("evaluation.seeds must be a non-empty list of non-negative integers")
+    if len(set(sizes)) != len(sizes) or len(set(seeds)) != len(seeds):
+        raise fail("evaluation.sizes and evaluation.seeds must not repeat")
+    batch = evaluation.get("batch_size", 500)
+    if not _is_int(batch) or batch < 1:
+        raise fail("evaluation.batch_size must be a positive integer")
+
+    reference = _reference(raw.get("reference"), path, sorted(sizes), fail)
+    return Suite(path=path, raw=raw, name=str(raw.get("name", path.stem)), profile=profile, data=data,
+                 models=models, attacks=attacks, matrix_models=matrix_models, matrix_attacks=matrix_attacks,
+                 sizes=sorted(sizes), seeds=list(seeds), eval_batch_size=batch, reference=reference)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _unknown(table: dict, valid, prefix: str, fail) -> None:
+    extra = sorted(set(table) - set(valid))
+    if extra:
+        raise fail(f"unknown key {prefix}{extra[0]}; valid: {', '.join(sorted(valid))}")
+
+
+def _names(value, where: str, fail) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise fail(f"{where} must be a non-empty list of names")
+    return list(value)
+
+
+def _typed(entry: dict, types: dict[str, type], where: str, fail) -> None:
+    _unknown(entry, types, where, fail)
+    for key, kind in types.items():
+        if key not in entry:
+            continue
+        value = entry[key]
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) if kind is float else (
+            _is_int(value) if kind is int else isinstance(value, kind))
+        if not ok:
+            raise fail(f"{where}{key} must be {kind.__name__}, got {value!r}")
+        if kind in (int, float) and value < 0:
+            raise fail(f"{where}{key} must be >= 0, got {value}")
+
+
+def _attacks(table: dict, fail) -> dict[str, AttackSpec]:
+    from adapters import get_attack
+
+    out: dict[str, AttackSpec] = {}
+    for name, entry in table.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("adapter"), str):
+            raise fail(f"attacks.{name} needs adapter = \"...\" (see `python -m benchmark attacks`)")
+        params = {k: v for k, v in entry.items() if k != "adapter"}
+        swept = [k for k, v in params.items() if isinstance(v, list)]
+        if len(swept) > 1:
+            raise fail(f"attacks.{name}: sweep one parameter at a time (lists given for {', '.join(swept)})")
+        values = [(swept[0], v) for v in params[swept[0]]] if swept else [None]
+        if swept and not values:
+            raise fail(f"attacks.{name}.{swept[0]}: empty list")
+        for sweep in values:
+            concrete = dict(params) if sweep is None else {**params, sweep[0]: sweep[1]}
+            for key, value in concrete.items():
+                if key.startswith("eps") and isinstance(value, (int, float)) and value < 0:
+                    raise fail(f"attacks.{name}.{key} must be >= 0, got {value}")
+            try:
+                get_attack(entry["adapter"], **concrete)
+            except (ValueError, TypeError) as exc:
+                raise fail(f"attacks.{name}: {exc}") from None
+            full = name if sweep is None else f"{name}@{sweep[0]}={sweep[1]}"
+            out[full] = AttackSpec(full, name, entry["adapter"], concrete, sweep)
+    return out
+
+
+def _models(table: dict, attack_table: dict, fail) -> dict[str, ModelSpec]:
+    entries: dict[str, dict] = {}
+    for name, entry in table.items():
+        if not isinstance(entry, dict):
+            raise fail(f"models.{name} must be a table")
+        where = f"models.{name}."
+        if "from" in entry:
+            _typed(entry, FINETUNE_KEYS, where, fail)
+            if entry.get("attack") not in attack_table:
+                raise fail(f"{where}attack must name an attack; defined: {', '.join(attack_table)}")
+            if any(isinstance(v, list) for v in attack_table[entry["attack"]].values()):
+                raise fail(f"{where}attack {entry['attack']!r} sweeps a parameter; fine-tune on one attack")
+            full = {"from": entry["from"], "attack": entry["attack"],
+                    "attack_spec": attack_table[entry["attack"]], "images": entry.get("images", 500),
+                    "split": entry.get("split", "train"), "schedule": entry.get("schedule", "constant"),
+                    "lr": entry.get("lr", 1e-3), "batch_size": entry.get("batch_size", 64),
+                    "epochs": entry.get("epochs", 1), "seed": entry.get("seed", 0),
+                    "warmup": entry.get("warmup", 0.3), "final": entry.get("final", 0.01)}
+            if full["split"] not in ("train", "test"):
+                raise fail(f"{where}split must be 'train' or 'test', got {full['split']!r}")
+            if full["schedule"] not in SCHEDULES:
+                raise fail(f"{where}schedule must be one of {', '.join(SCHEDULES)}, got {full['schedule']!r}")
+            if full["images"] < 1 or full["epochs"] < 1 or full["batch_size"] < 1:
+                raise fail(f"{where}images, epochs and batch_size must be positive")
+        else:
+            _typed(entry, BASE_KEYS, where, fail)
+            if entry.get("arch") not in ARCHITECTURES:
+                raise fail(f"{where}arch must be one of {', '.join(ARCHITECTURES)}, got {entry.get('arch')!r}")
+            early = entry.get("early_stop")
+            if early is not None:
+                _typed(early, EARLY_STOP_KEYS, f"{where}early_stop.", fail)
+            full = {"arch": entry["arch"], "mean": entry.get("mean", [0.5, 0.5, 0.5]),
+                    "std": entry.get("std", [0.5, 0.5, 0.5]), "lr": entry.get("lr", 1e-3),
+                    "batch_size": entry.get("batch_size", 256), "epochs": entry.get("epochs", 10),
+                    "augment": entry.get("augment", True), "seed": entry.get("seed", 0),
+                    "early_stop": {"patience": 2, "val_size": 5000, **early} if early is not None else None}
+            for key in ("mean", "std"):
+                v = full[key]
+                if len(v) != 3 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+                    raise fail(f"{where}{key} must be three numbers")
+            if any(s <= 0 for s in full["std"]):
+                raise fail(f"{where}std must be positive")
+            if full["epochs"] < 1 or full["batch_size"] < 1:
+                raise fail(f"{where}epochs and batch_size must be positive")
+        entries[name] = full
+    ordered: dict[str, ModelSpec] = {}
+
+    def visit(name: str, trail: tuple[str, ...]) -> None:
+        if name in ordered:
+            return
+        if name in trail:
+            raise fail(f"models.{trail[0]}: fine-tune chain refers to itself ({' -> '.join(trail + (name,))})")
+        parent = entries[name].get("from")
+        if parent is not None:
+            if parent not in entries:
+                raise fail(f"models.{name}.from names missing model {parent!r}; defined: {', '.join(entries)}")
+            visit(parent, trail + (name,))
+        ordered[name] = ModelSpec(name, entries[name])
+
+    for name in entries:
+        visit(name, ())
+    return ordered
+
+
+def _reference(table, path: Path, sizes: list[int], fail) -> dict[str, Any]:
+    """[reference] file = "...": tables of the paper (model -> attack -> orig/adv per size); `models` and
+    `attacks` map the suite's names onto the file's (identity where absent)."""
+    if table is None:
+        return {}
+    _unknown(table, {"file", "models", "attacks"}, "reference.", fail)
+    file = path.parent / str(table.get("file", ""))
+    if not file.is_file():
+        raise fail(f"reference.file not found: {file}")
+    try:
+        tables = tomllib.loads(file.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise fail(f"reference file {file}: malformed TOML: {exc}") from None
+    return {"source": tables.get("source", file.name), "sizes": tables.get("sizes", sizes),
+            "ratios": tables.get("ratios", {}), "tables": tables.get("tables", {}),
+            "models": dict(table.get("models", {})), "attacks": dict(table.get("attacks", {}))}
