@@ -36,8 +36,7 @@ class Schedule:
         warm = max(1, round(self.warmup * total))
         if step < warm:
             return self.lr * (step + 1) / warm
-        decay_steps = max(1, total - warm - 1)
-        return self.lr * self.final ** ((step - warm) / decay_steps)
+        return self.lr * self.final ** ((step - warm + 1) / max(1, total - warm))
 
 
 @dataclass

@@ -1,0 +1,139 @@
+"""`python -m benchmark perf`: throughput of the hot paths on this machine, each beside what a user would
+otherwise write, in one table. Synthetic images (shape and dtype of CIFAR-10), so it needs no data set.
+
+- training: our loop (data resident on the device as uint8, crop+flip in batches) against a torchvision
+  DataLoader loop with per-sample transforms, same model, optimizer and batch size;
+- FGSM through the adapter;
+- JSMA: in-house jsma-origin against ART's SaliencyMapMethod, same model, images and budget, with success rates;
+- peak memory; and the stage times of a finished run with --run-dir.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import time
+from pathlib import Path
+
+import torch
+from tabulate import tabulate
+
+from adapters import get_attack
+from benchmark import data as datasets
+from benchmark import env, models
+from benchmark.store import atomic_write
+from benchmark.train import Schedule, fit, predict
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def dataloader_epoch(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                     device: torch.device) -> None:
+    """What a user would otherwise write: a Dataset with per-sample torchvision transforms and a DataLoader."""
+    from torch.utils.data import DataLoader, Dataset
+    from torchvision.transforms import v2
+
+    transform = v2.Compose([v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32,
+                                                                                                  scale=True)])
+
+    class Images(Dataset):
+        def __len__(self):
+            return len(images)
+
+        def __getitem__(self, i):
+            return transform(images[i]), labels[i]
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    for x, y in DataLoader(Images(), batch_size=batch_size, shuffle=True, num_workers=0):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+def measure(device: torch.device, arch: str, images: int, train_images: int = 2048, batch_size: int = 256,
+            gamma: float = 0.01) -> list[list]:
+    data = datasets.synthetic(train_images, images)
+    rows = []
+    torch.manual_seed(0)
+    model = models.build(arch, mean=[0.5] * 3, std=[0.5] * 3).to(device)
+    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
+    fit(model, train_x[:batch_size], train_y[:batch_size], epochs=1, batch_size=batch_size,
+        schedule=Schedule(), seed=0, augment=True)  # warm-up
+    ours = _timed(lambda: fit(model, train_x, train_y, epochs=1, batch_size=batch_size, schedule=Schedule(),
+                              seed=0, augment=True), device)
+    loader = _timed(lambda: dataloader_epoch(model, data.train_x, data.train_y, batch_size, device), device)
+    rows.append(["train: on-device data + batched augmentation", train_images / ours, "", ""])
+    rows.append(["train: torchvision DataLoader, per-sample transforms", train_images / loader, "",
+                 f"ours {loader / ours:.1f}x"])
+    # A model worth attacking: a few epochs so that attacks have something to break.
+    fit(model, train_x, train_y, epochs=3, batch_size=batch_size, schedule=Schedule(), seed=0, augment=True)
+    model.eval()
+    x = data.test_x.to(device).float() / 255
+    y = data.test_y.to(device)
+    correct = predict(model, x) == y
+
+    def success(adv: torch.Tensor) -> str:
+        return f"{100 * float(((predict(model, adv) != y) & correct).sum() / correct.sum()):.1f}%"
+
+    fgsm = get_attack("torchattacks.FGSM", eps=0.01)
+    fgsm(model, x[:8], y[:8])
+    t = _timed(lambda: fgsm(model, x, y), device)
+    rows.append(["attack: torchattacks.FGSM eps 0.01", images / t, success(fgsm(model, x, y)), ""])
+    ours_attack = get_attack("jsma-origin", theta=1.0, gamma=gamma, batch_size=images)
+    art_attack = get_attack("art.SaliencyMapMethod", theta=1.0, gamma=gamma, targets="random")
+    results = {}
+    for name, attack in (("jsma-origin", ours_attack), ("art.SaliencyMapMethod", art_attack)):
+        holder = {}
+        t = _timed(lambda: holder.setdefault("adv", attack(model, x, y)), device)
+        results[name] = (images / t, success(holder["adv"]))
+    rows.append([f"attack: jsma-origin theta 1 gamma {gamma}", *results["jsma-origin"],
+                 f"{results['jsma-origin'][0] / results['art.SaliencyMapMethod'][0]:.1f}x ART"])
+    rows.append([f"attack: art.SaliencyMapMethod theta 1 gamma {gamma}", *results["art.SaliencyMapMethod"], ""])
+    return rows
+
+
+def peak_memory(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / 2 ** 30:.2f} GiB (GPU, allocated)"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20:.2f} GiB (process max RSS)"
+
+
+def main(*, device: str, arch: str, images: int, run_dir: Path | None = None, out: Path | None = None) -> str:
+    torch_device = env.resolve_device(device)
+    if images < 1:
+        from benchmark.errors import UserError
+
+        raise UserError("--images must be positive")
+    if arch not in models.ARCHITECTURES:
+        from benchmark.errors import UserError
+
+        raise UserError(f"unknown architecture {arch!r}; valid: {', '.join(models.ARCHITECTURES)}")
+    rows = measure(torch_device, arch, images)
+    table = tabulate([[r[0], f"{r[1]:,.0f}", r[2], r[3]] for r in rows],
+                     headers=["what", "images/s", "success (originally correct)", "vs"], tablefmt="github",
+                     disable_numparse=True)
+    lines = [f"device: {env.device_name(torch_device)}; model: {arch}; {images} attacked images; "
+             f"torch {torch.__version__}", "", table, "", f"peak memory: {peak_memory(torch_device)}"]
+    if run_dir is not None:
+        run_file = Path(run_dir) / "run.json"
+        if run_file.is_file():
+            timings = json.loads(run_file.read_text())["timings_s"]
+            lines += ["", tabulate(sorted(timings.items()), headers=["stage", "seconds"], tablefmt="github")]
+    text = "\n".join(lines)
+    if out is not None:
+        atomic_write(out, (text + "\n").encode())
+    return text

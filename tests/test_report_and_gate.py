@@ -1,0 +1,88 @@
+import copy
+import re
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from benchmark import check, report
+from benchmark.cli import main
+from conftest import REPO
+
+DATA = Path(__file__).parent / "data"
+FIXTURE = DATA / "results-fixture.json"
+GOLDEN = DATA / "report-golden.md"
+
+
+def test_report_matches_golden_markdown():
+    """Regenerate with: python -c 'from tests.test_report_and_gate import regenerate; regenerate()'"""
+    results = json.loads(FIXTURE.read_text())
+    assert report.render(results, DATA, with_figures=False) == GOLDEN.read_text()
+
+
+def regenerate():  # pragma: no cover - a helper for humans after an intended change
+    GOLDEN.write_text(report.render(json.loads(FIXTURE.read_text()), DATA, with_figures=False))
+
+
+def test_report_has_paper_layout_ratios_and_clamp_ablation():
+    text = GOLDEN.read_text()
+    assert re.search(r"\| fgsm +\| ORIG +\| 42\.00 ± 4\.00 +\|", text)
+    assert "ORIG paper" in text and "ADV Δ" in text
+    assert "0.51" in text  # the paper's stated base FGSM ratio, beside ours
+    assert "drop explained by clamp %" in text
+    assert "Data: **synthetic" in text
+
+
+def test_report_command_writes_markdown_and_figures(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(FIXTURE, run / "results.json")
+    assert main(["report", str(run), "--against", str(run)]) == 0
+    text = (run / "report.md").read_text()
+    assert "## Against fixture" in text and "](figures/curve-fgsm-ablation.png)" in text
+    assert (run / "figures" / "curve-fgsm-ablation.png").stat().st_size > 1000
+    assert len(list((run / "figures").glob("confusion-*.png"))) == 10
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+
+
+def _planted(results, model="base", attack="fgsm", size=100, drop=0.10):
+    planted = copy.deepcopy(results)
+    for cell in planted["cells"]:
+        if (cell["model"], cell["attack"], cell["size"]) == (model, attack, size):
+            cell["adv_acc"] -= drop
+    return planted
+
+
+def test_gate_passes_unchanged_and_fails_a_planted_ten_point_drop(tmp_path, capsys):
+    results = json.loads(FIXTURE.read_text())
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps(results))
+    assert main(["check", str(run), "--baseline", str(FIXTURE)]) == 0
+    (run / "results.json").write_text(json.dumps(_planted(results)))
+    assert main(["check", str(run), "--baseline", str(FIXTURE)]) == 1
+    out = capsys.readouterr().out
+    assert re.search(r"\| base +\| fgsm +\| +100 \| adv_acc", out)
+    table = check.compare(_planted(results), results)
+    assert set(table.loc[~table["ok"], "metric"]) == {"adv_acc", "ratio"}
+    assert len(table.loc[~table["ok"]].groupby(["model", "attack", "size"])) == 1
+
+
+def test_gate_bad_input_exits_2(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(FIXTURE, run / "results.json")
+    assert main(["check", str(run), "--baseline", str(tmp_path / "none.json")]) == 2
+    (tmp_path / "junk.json").write_text("{not json")
+    assert main(["check", str(run), "--baseline", str(tmp_path / "junk.json")]) == 2
+    assert main(["check", str(run), "--baseline", str(FIXTURE), "--z", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 3 and "Traceback" not in err
+
+
+def test_smoke_suite_passes_the_gate_against_the_committed_baseline(tmp_path, capsys):
+    """The smoke suite end to end on the CPU, then the regression gate against reports/baselines."""
+    out = tmp_path / "smoke"
+    assert main(["run", str(REPO / "suites" / "smoke.toml"), "--out", str(out), "--device", "cpu"]) == 0
+    assert main(["check", str(out), "--baseline", str(REPO / "reports" / "baselines" / "smoke-cpu.json")]) == 0

@@ -1,0 +1,48 @@
+import torch
+
+from benchmark import models
+from benchmark.train import Schedule, fit, predict
+
+
+def _train(data, seed=0):
+    torch.manual_seed(seed)
+    model = models.build("small-cnn", mean=[0.5] * 3, std=[0.5] * 3)
+    fit(model, data.train_x[:600], data.train_y[:600], epochs=1, batch_size=100, schedule=Schedule(), seed=seed,
+        augment=True)
+    return model
+
+
+def test_training_raises_accuracy_above_90_percent(synthetic, trained):
+    torch.manual_seed(0)
+    untrained = models.build("small-cnn", mean=[0.5] * 3, std=[0.5] * 3).eval()
+    before = (predict(untrained, synthetic.test_x) == synthetic.test_y).float().mean()
+    after = (predict(trained, synthetic.test_x) == synthetic.test_y).float().mean()
+    assert before < 0.3 and after > 0.9
+
+
+def test_training_is_bit_deterministic_on_cpu(synthetic):
+    a, b = _train(synthetic), _train(synthetic)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
+    c = _train(synthetic, seed=1)
+    assert not torch.equal(a.state_dict()["net.0.weight"], c.state_dict()["net.0.weight"])
+
+
+def test_early_stop_restores_best_epoch(synthetic):
+    torch.manual_seed(0)
+    model = models.build("small-cnn", mean=[0.5] * 3, std=[0.5] * 3)
+    val = (synthetic.test_x[:200], synthetic.test_y[:200])
+    history = fit(model, synthetic.train_x[:200], synthetic.train_y[:200], epochs=30, batch_size=50,
+                  schedule=Schedule(lr=3e-3), seed=0, val=val, patience=2)
+    losses = [e["val_loss"] for e in history.epochs]
+    assert history.stopped_early and len(losses) < 30
+    assert history.best_epoch == 1 + losses.index(min(losses))
+
+
+def test_slow_start_fast_decay_schedule():
+    s = Schedule("slow-start-fast-decay", lr=1e-3, warmup=0.25, final=0.01)
+    lrs = [s.at(i, 8) for i in range(8)]
+    assert lrs[:2] == [5e-4, 1e-3]  # linear warm-up over 2 of 8 steps
+    assert all(a > b for a, b in zip(lrs[1:], lrs[2:]))  # then strictly decaying
+    assert abs(lrs[-1] - 1e-5) < 1e-12
+    assert Schedule("constant", lr=1e-3).at(5, 8) == 1e-3
