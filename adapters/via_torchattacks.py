@@ -3,6 +3,7 @@
 Distance measure, epsilon and defaults are torchattacks' own (FGSM: Linf, eps in the space given by `space`,
 default 8/255, output clamped to [0,1]). Parameters are forwarded unchanged. We never call
 `set_normalization_used`: our models normalize inside, so torchattacks sees the [0,1] images it expects.
+`space="normalized"` needs torchattacks >= 3.5: older versions reject inputs outside [0,1].
 """
 from __future__ import annotations
 
@@ -18,6 +19,12 @@ def _module():
     import torchattacks
 
     return torchattacks
+
+
+def _version() -> tuple[int, ...]:
+    from importlib.metadata import version
+
+    return tuple(int(p) for p in version("torchattacks").split(".")[:2] if p.isdigit())
 
 
 def classes() -> dict[str, type]:
@@ -39,6 +46,9 @@ class TorchattacksAttack(Attack):
             raise ValueError(f"unknown torchattacks attack {cls_name!r}; valid: {', '.join(sorted(known))}")
         super().__init__(space=space, seed=seed)
         check_params(self.name, params, parameters(cls_name))
+        if space == "normalized" and _version() < (3, 5):
+            raise ValueError(f"{self.name}: space='normalized' needs torchattacks >= 3.5 (older versions reject "
+                             "inputs outside [0,1])")
         self.cls, self.params = known[cls_name], params
 
     def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

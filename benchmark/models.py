@@ -11,19 +11,20 @@ from benchmark.errors import UserError
 
 class Normalized(nn.Module):
     """`net((x - mean) / std)`. `normalize` and `net` stay separate so an attack can work in normalized space
-    (the paper's code did) and map back to pixels."""
+    (the paper's code did) and map back to pixels. The buffers are not called `mean`/`std` on purpose:
+    torchattacks < 3.5 finds attributes of those names and normalizes a second time."""
 
     def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
         self.net = net
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("norm_mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("norm_std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        return (x - self.norm_mean) / self.norm_std
 
     def denormalize(self, z: torch.Tensor) -> torch.Tensor:
-        return z * self.std + self.mean
+        return z * self.norm_std + self.norm_mean
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalize(x))

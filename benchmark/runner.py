@@ -107,8 +107,10 @@ def prepare_data(suite: Suite, data_dir) -> datasets.Dataset:
             if spec.entry["images"] > pool:
                 raise UserError(f"{suite.path}: models.{spec.name}.images = {spec.entry['images']} exceeds the "
                                 f"{spec.entry['split']} split ({pool} images)")
-        elif (spec.entry["early_stop"] or {}).get("val_size", 0) >= len(data.train_y):
-            raise UserError(f"{suite.path}: models.{spec.name}.early_stop.val_size leaves no training images")
+        elif ((spec.entry["early_stop"] or {}).get("val_size", 0) + (spec.entry["train_images"] or 1)
+              > len(data.train_y)):
+            raise UserError(f"{suite.path}: models.{spec.name}: early_stop.val_size + train_images exceed the "
+                            f"training split ({len(data.train_y)} images)")
     return data
 
 
@@ -161,10 +163,13 @@ def train_base(ctx: Context, spec: ModelSpec, key: str) -> dict:
     model = models.build(e["arch"], mean=e["mean"], std=e["std"], num_classes=len(ctx.data.classes)).to(ctx.device)
     x, y, val = ctx.data.train_x, ctx.data.train_y, None
     early = e["early_stop"]
+    # One seeded permutation: the validation split first, then the training images (all, or `train_images`).
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(e["seed"])).to(ctx.device)
+    held = early["val_size"] if early else 0
+    kept = order[held:held + e["train_images"]] if e["train_images"] else order[held:]
     if early:
-        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(e["seed"])).to(ctx.device)
-        held, kept = order[:early["val_size"]], order[early["val_size"]:]
-        val, x, y = (x[held], y[held]), x[kept], y[kept]
+        val = (x[order[:held]], y[order[:held]])
+    x, y = x[kept], y[kept]
     history = fit(model, x, y, epochs=e["epochs"], batch_size=e["batch_size"], schedule=Schedule(lr=e["lr"]),
                   seed=e["seed"], augment=e["augment"], val=val, patience=early["patience"] if early else None,
                   desc=f"train {spec.name}")

@@ -24,7 +24,7 @@ TOP_KEYS = {"schema", "name", "description", "profile", "data", "models", "attac
             "reference"}
 PROFILES = ("paper", "paper-code", "custom")
 BASE_KEYS = {"arch": str, "mean": list, "std": list, "lr": float, "batch_size": int, "epochs": int,
-             "augment": bool, "seed": int, "early_stop": dict}
+             "augment": bool, "seed": int, "early_stop": dict, "train_images": int}
 FINETUNE_KEYS = {"from": str, "attack": str, "images": int, "split": str, "schedule": str, "lr": float,
                  "batch_size": int, "epochs": int, "seed": int, "warmup": float, "final": float}
 EARLY_STOP_KEYS = {"patience": int, "val_size": int}
@@ -254,7 +254,8 @@ def _models(table: dict, attack_table: dict, fail) -> dict[str, ModelSpec]:
                     "std": entry.get("std", [0.5, 0.5, 0.5]), "lr": entry.get("lr", 1e-3),
                     "batch_size": entry.get("batch_size", 256), "epochs": entry.get("epochs", 10),
                     "augment": entry.get("augment", True), "seed": entry.get("seed", 0),
-                    "early_stop": {"patience": 2, "val_size": 5000, **early} if early is not None else None}
+                    "early_stop": {"patience": 2, "val_size": 5000, **early} if early is not None else None,
+                    "train_images": entry.get("train_images")}
             for key in ("mean", "std"):
                 v = full[key]
                 if len(v) != 3 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):

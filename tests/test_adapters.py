@@ -16,6 +16,7 @@ def test_fgsm_adapter_equals_torchattacks_bit_for_bit(trained, batch):
     ours = get_attack("torchattacks.FGSM", eps=0.01)(trained, x, y)
     direct = torchattacks.FGSM(trained, eps=0.01)(x, y)
     assert torch.equal(ours, direct)
+    assert torchattacks.FGSM(trained, eps=0.01).normalization_used is None  # no second normalization
     delta = (ours - x).abs()
     interior = (x > 0.02) & (x < 0.98)
     assert torch.allclose(delta[interior], torch.full_like(delta[interior], 0.01), atol=1e-6)
