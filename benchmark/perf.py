@@ -123,7 +123,7 @@ def main(*, device: str, arch: str, images: int, run_dir: Path | None = None, ou
 
         raise UserError(f"unknown architecture {arch!r}; valid: {', '.join(models.ARCHITECTURES)}")
     rows = measure(torch_device, arch, images)
-    table = tabulate([[r[0], f"{r[1]:,.0f}", r[2], r[3]] for r in rows],
+    table = tabulate([[r[0], f"{r[1]:,.0f}" if r[1] >= 100 else f"{r[1]:.2f}", r[2], r[3]] for r in rows],
                      headers=["what", "images/s", "success (originally correct)", "vs"], tablefmt="github",
                      disable_numparse=True)
     lines = [f"device: {env.device_name(torch_device)}; model: {arch}; {images} attacked images; "

@@ -93,3 +93,13 @@ def test_paper_code_profile_records_finetune_overlap(tiny_suite, tmp_path):
     assert (frame.loc[frame["model"] == "base", "finetune_overlap"] == 0).all()
     frame = run_suite(tiny_suite("paper", "train"), tmp_path / "p", device="cpu")
     assert (frame["finetune_overlap"] == 0).all()
+
+
+def test_tensors_hash_covers_batchnorm_counters():
+    from benchmark.models import build
+    from benchmark.store import tensors_hash
+
+    state = build("resnet18-cifar", mean=[0.5] * 3, std=[0.5] * 3).state_dict()
+    assert state["net.bn1.num_batches_tracked"].dim() == 0
+    changed = dict(state, **{"net.bn1.num_batches_tracked": state["net.bn1.num_batches_tracked"] + 1})
+    assert tensors_hash(state) != tensors_hash(changed)
