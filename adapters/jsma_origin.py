@@ -9,8 +9,10 @@ still-correct image, the feature pair (p, q) that best lowers z_y while raising 
 and moves both by `theta` (clipped). A feature stays searchable until it reaches the clip bound. An image stops
 once its prediction leaves y, once ceil(gamma*D/2) steps are spent, or once two more new features would take it
 past gamma*D changed features, so L0 <= gamma*D always. Papernot searches all D^2 pairs; we search the pairs
-among each image's `top_k` features ranked by beta - alpha, which keeps memory at batch*top_k^2 (why in-house:
-torchattacks' JSMA loops one image at a time over the full D x D map, ART's ranks by one class gradient only).
+among each image's `top_k` features ranked by beta - alpha, which keeps the search at batch*top_k^2 and memory at
+about one input-gradient pass of the batch (why in-house: torchattacks' JSMA loops one image at a time over the
+full D x D map, ART's ranks by one class gradient only). `batch_size` splits the batch handed in (default: none;
+the evaluation already sizes its batches from free memory).
 Where no pair satisfies the sign conditions, the pair with the largest beta - alpha is taken.
 
 mode="paper-code": bug-compatible with the paper authors' script: one dense step
@@ -28,7 +30,7 @@ from torch import nn
 from adapters.base import Attack, check_params
 
 MODES = ("iterative", "paper-code")
-PARAMETERS = {"mode": "iterative", "theta": 1.0, "gamma": 0.1, "top_k": 32, "max_steps": None, "batch_size": 256,
+PARAMETERS = {"mode": "iterative", "theta": 1.0, "gamma": 0.1, "top_k": 32, "max_steps": None, "batch_size": None,
               "eps": 0.01, "space": None, "seed": 0}
 
 
@@ -36,20 +38,20 @@ class JsmaOrigin(Attack):
     name = "jsma-origin"
 
     def __init__(self, *, mode: str = "iterative", theta: float = 1.0, gamma: float = 0.1, top_k: int = 32,
-                 max_steps: int | None = None, batch_size: int = 256, eps: float = 0.01, space: str | None = None,
-                 seed: int = 0):
+                 max_steps: int | None = None, batch_size: int | None = None, eps: float = 0.01,
+                 space: str | None = None, seed: int = 0):
         if mode not in MODES:
             raise ValueError(f"jsma-origin: mode must be one of {', '.join(MODES)}, got {mode!r}")
         space = space or ("normalized" if mode == "paper-code" else "pixel")
         super().__init__(space=space, seed=seed)
-        check_params(self.name, {"eps": eps, "gamma": gamma, "top_k": top_k, "batch_size": batch_size,
-                                 "max_steps": max_steps or 0}, PARAMETERS)
+        check_params(self.name, {"eps": eps, "gamma": gamma, "top_k": top_k, "max_steps": max_steps or 0},
+                     PARAMETERS)
         if not 0 < gamma <= 1:
             raise ValueError(f"jsma-origin: gamma must be in (0, 1], got {gamma}")
-        if theta == 0 or top_k < 2 or batch_size < 1:
+        if theta == 0 or top_k < 2 or (batch_size is not None and batch_size < 1):
             raise ValueError("jsma-origin: theta must be non-zero, top_k >= 2, batch_size >= 1")
         self.mode, self.theta, self.gamma, self.top_k = mode, float(theta), float(gamma), int(top_k)
-        self.max_steps, self.batch_size, self.eps = max_steps, int(batch_size), float(eps)
+        self.max_steps, self.batch_size, self.eps = max_steps, batch_size, float(eps)
 
     def describe(self) -> dict[str, Any]:
         if self.mode == "paper-code":
@@ -59,8 +61,8 @@ class JsmaOrigin(Attack):
 
     def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         step = self._paper_code if self.mode == "paper-code" else self._iterative
-        return torch.cat([step(model, images[i:i + self.batch_size], labels[i:i + self.batch_size])
-                          for i in range(0, len(images), self.batch_size)])
+        chunk = self.batch_size or len(images)
+        return torch.cat([step(model, images[i:i + chunk], labels[i:i + chunk]) for i in range(0, len(images), chunk)])
 
     def _paper_code(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x = x.clone().requires_grad_(True)

@@ -21,9 +21,39 @@ def subset(n_test: int, size: int, seed: int) -> torch.Tensor:
     return torch.randperm(n_test, generator=torch.Generator().manual_seed(seed))[:size]
 
 
+CPU_BATCH = 500
+
+
+def batch_from_memory(free_bytes: int, per_image_bytes: float, *, fraction: float = 0.5, cap: int = 4096) -> int:
+    """The attack batch that fills `fraction` of free device memory, as a multiple of 64 in [64, cap]."""
+    fitting = int(fraction * free_bytes / max(per_image_bytes, 1.0))
+    return max(64, min(cap, fitting // 64 * 64))
+
+
+def auto_batch_size(model: torch.nn.Module, images: torch.Tensor, probe: int = 64) -> int:
+    """On CUDA, measure one forward and input-gradient pass on `probe` images and size the attack batch from
+    the free memory; elsewhere CPU_BATCH (the CPU gains nothing from larger batches, and a fixed size keeps CPU
+    runs bit-reproducible). Attacks whose inner loop keeps more than one graph bound their own chunks."""
+    if images.device.type != "cuda" or len(images) <= 64:
+        return CPU_BATCH
+    device = images.device
+    x = to_float(images[:probe]).requires_grad_(True)
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    (grad,) = torch.autograd.grad(model(x).float().logsumexp(1).sum(), x)
+    del grad
+    torch.cuda.synchronize(device)
+    per_image = (torch.cuda.max_memory_allocated(device) - before) / len(x)
+    free, _ = torch.cuda.mem_get_info(device)
+    return batch_from_memory(free, per_image)
+
+
 def attack_images(attack: Attack, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                  batch_size: int, desc: str = "attack") -> torch.Tensor:
-    """Adversarial versions of uint8 or float images, batched; float32 in [0,1] on the images' device."""
+                  batch_size: int | None, desc: str = "attack") -> torch.Tensor:
+    """Adversarial versions of uint8 or float images, batched (`None`: auto_batch_size); float32 in [0,1] on
+    the images' device."""
+    batch_size = batch_size or auto_batch_size(model, images)
     out = []
     for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, dynamic_ncols=True):
         x = to_float(images[start:start + batch_size])
@@ -32,7 +62,7 @@ def attack_images(attack: Attack, model: torch.nn.Module, images: torch.Tensor, 
 
 
 def run_evaluation(model: torch.nn.Module, attack: Attack, images: torch.Tensor, labels: torch.Tensor,
-                   batch_size: int, desc: str) -> dict[str, list]:
+                   batch_size: int | None, desc: str) -> dict[str, list]:
     """Per-image outcome: true label, clean and adversarial predictions, and the perturbation's L0/L2/Linf in
     pixel space."""
     clean = to_float(images)

@@ -62,7 +62,7 @@ class Suite:
     matrix_attacks: list[str]  # expanded names
     sizes: list[int]
     seeds: list[int]
-    eval_batch_size: int
+    eval_batch_size: int | None  # None: sized from free memory on CUDA (evaluate.auto_batch_size)
     reference: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -151,14 +151,15 @@ def parse(raw: dict[str, Any], path: Path) -> Suite:
         raise fail("evaluation.seeds must be a non-empty list of non-negative integers")
     if len(set(sizes)) != len(sizes) or len(set(seeds)) != len(seeds):
         raise fail("evaluation.sizes and evaluation.seeds must not repeat")
-    batch = evaluation.get("batch_size", 500)
-    if not _is_int(batch) or batch < 1:
-        raise fail("evaluation.batch_size must be a positive integer")
+    batch = evaluation.get("batch_size", "auto")
+    if batch != "auto" and (not _is_int(batch) or batch < 1):
+        raise fail(f"evaluation.batch_size must be \"auto\" or a positive integer, got {batch!r}")
 
     reference = _reference(raw.get("reference"), path, sorted(sizes), fail)
     return Suite(path=path, raw=raw, name=str(raw.get("name", path.stem)), profile=profile, data=data,
                  models=models, attacks=attacks, matrix_models=matrix_models, matrix_attacks=matrix_attacks,
-                 sizes=sorted(sizes), seeds=list(seeds), eval_batch_size=batch, reference=reference)
+                 sizes=sorted(sizes), seeds=list(seeds), eval_batch_size=None if batch == "auto" else batch,
+                 reference=reference)
 
 
 def _is_int(v: Any) -> bool:

@@ -1,8 +1,8 @@
 """Training: base training (Adam, batched on-device augmentation, early stop) and adversarial fine-tuning.
 
 One loop serves both, airbench-style: the whole training set sits on the device, batches are index slices, and
-augmentation runs on the batch. bf16 autocast and channels_last are used on CUDA only, so CPU runs stay
-bit-deterministic.
+augmentation runs on the batch. bf16 autocast and channels_last are used for training steps on CUDA only, so CPU
+runs stay bit-deterministic; predictions and losses are taken in fp32.
 """
 from __future__ import annotations
 
@@ -111,26 +111,21 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs:
 
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Predicted labels, batched; accepts uint8 or float [0,1] images."""
+    """Predicted labels, batched; accepts uint8 or float [0,1] images. In fp32 on every device, like the attacks:
+    an adversarial image sits near a decision boundary, where bf16 logits could flip the verdict."""
     model.eval()
-    cuda = images.device.type == "cuda"
-    out = []
-    for start in range(0, len(images), batch_size):
-        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=cuda):
-            out.append(model(to_float(images[start:start + batch_size])).argmax(1))
-    return torch.cat(out)
+    return torch.cat([model(to_float(images[start:start + batch_size])).argmax(1)
+                      for start in range(0, len(images), batch_size)])
 
 
 @torch.no_grad()
 def evaluate_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000
                   ) -> tuple[float, float]:
     model.eval()
-    cuda = images.device.type == "cuda"
     loss, correct = torch.zeros((), device=images.device), torch.zeros((), device=images.device)
     for start in range(0, len(images), batch_size):
         x, y = to_float(images[start:start + batch_size]), labels[start:start + batch_size]
-        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=cuda):
-            logits = model(x).float()
+        logits = model(x)
         loss += nn.functional.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
     return float(loss) / len(images), float(correct) / len(images)

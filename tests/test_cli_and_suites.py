@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from benchmark.cli import main
+from benchmark.errors import UserError
 from benchmark.suite import load
 from conftest import REPO
 
@@ -107,3 +108,13 @@ def test_attacks_command_lists_parameters(capsys):
     assert code == 0
     assert "torchattacks.FGSM" in out and "art.SaliencyMapMethod" in out and "jsma-origin" in out
     assert "mode='iterative'" in out
+
+
+def test_evaluation_batch_size_auto_or_positive(tiny_suite):
+    path = tiny_suite()
+    assert load(path).eval_batch_size == 50
+    path.write_text(path.read_text().replace("batch_size = 50", 'batch_size = "auto"'))
+    assert load(path).eval_batch_size is None
+    path.write_text(path.read_text().replace('batch_size = "auto"', 'batch_size = "big"'))
+    with pytest.raises(UserError, match="evaluation.batch_size must be"):
+        load(path)
