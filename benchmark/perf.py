@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -29,7 +30,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(fn, device: torch.device) -> float:
+def _timed(label: str, fn, device: torch.device) -> float:
+    print(f"perf: timing {label}", file=sys.stderr, flush=True)  # the slow ones (ART's JSMA) run for minutes
     _sync(device)
     start = time.perf_counter()
     fn()
@@ -73,9 +75,10 @@ def measure(device: torch.device, arch: str, images: int, train_images: int = 20
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     fit(model, train_x[:batch_size], train_y[:batch_size], epochs=1, batch_size=batch_size,
         schedule=Schedule(), seed=0, augment=True)  # warm-up
-    ours = _timed(lambda: fit(model, train_x, train_y, epochs=1, batch_size=batch_size, schedule=Schedule(),
-                              seed=0, augment=True), device)
-    loader = _timed(lambda: dataloader_epoch(model, data.train_x, data.train_y, batch_size, device), device)
+    ours = _timed("training, on-device data", lambda: fit(model, train_x, train_y, epochs=1, batch_size=batch_size,
+                                                          schedule=Schedule(), seed=0, augment=True), device)
+    loader = _timed("training, DataLoader",
+                    lambda: dataloader_epoch(model, data.train_x, data.train_y, batch_size, device), device)
     rows.append(["train: on-device data + batched augmentation", train_images / ours, "", ""])
     rows.append(["train: torchvision DataLoader, per-sample transforms", train_images / loader, "",
                  f"ours {loader / ours:.1f}x"])
@@ -91,14 +94,14 @@ def measure(device: torch.device, arch: str, images: int, train_images: int = 20
 
     fgsm = get_attack("torchattacks.FGSM", eps=0.01)
     fgsm(model, x[:8], y[:8])
-    t = _timed(lambda: fgsm(model, x, y), device)
+    t = _timed("FGSM", lambda: fgsm(model, x, y), device)
     rows.append(["attack: torchattacks.FGSM eps 0.01", images / t, success(fgsm(model, x, y)), ""])
     ours_attack = get_attack("jsma-origin", theta=1.0, gamma=gamma, batch_size=images)
     art_attack = get_attack("art.SaliencyMapMethod", theta=1.0, gamma=gamma, targets="random")
     results = {}
     for name, attack in (("jsma-origin", ours_attack), ("art.SaliencyMapMethod", art_attack)):
         holder = {}
-        t = _timed(lambda: holder.setdefault("adv", attack(model, x, y)), device)
+        t = _timed(name, lambda: holder.setdefault("adv", attack(model, x, y)), device)
         results[name] = (images / t, success(holder["adv"]))
     rows.append([f"attack: jsma-origin theta 1 gamma {gamma}", *results["jsma-origin"],
                  f"{results['jsma-origin'][0] / results['art.SaliencyMapMethod'][0]:.1f}x ART"])

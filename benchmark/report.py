@@ -150,17 +150,31 @@ def clamp_ablation(results: dict, frame: pd.DataFrame, means: pd.DataFrame) -> l
 
 
 def comparison(results: dict, means: pd.DataFrame, other: dict) -> list[str]:
-    other_means = seed_means(cells(other))
-    mine, theirs = paper_ratio(means), paper_ratio(other_means)
+    """This run against another (e.g. paper-code against paper), cell by cell where model and attack names
+    match; a cell only one run has is listed with blanks for the other."""
+    keys = ["model", "attack"]
+
+    def summary(m: pd.DataFrame) -> pd.DataFrame:
+        largest = m[m["size"] == m["size"].max()].set_index(keys)[["orig_acc", "adv_acc"]]
+        return paper_ratio(m).set_index(keys).join(largest)
+
+    mine, theirs = summary(means), summary(seed_means(cells(other)))
+    merged = mine.add_suffix("_this").join(theirs.add_suffix("_other"), how="outer")
+    order = list(dict.fromkeys(list(mine.index) + list(theirs.index)))
     rows = []
-    for (_, a), (_, b) in zip(mine.iterrows(), theirs.iterrows()):
-        rows.append([f"{a['model']} / {a['attack']}", _fmt(a["ratio"], 3), f"{b['model']} / {b['attack']}",
-                     _fmt(b["ratio"], 3), f"{a['ratio'] - b['ratio']:+.3f}"])
-    return [f"## Against {other.get('suite_name')} ({other.get('profile')})\n",
-            "Rows pair the two suites' (model, attack) cells in matrix order; ratio = mean over sizes of "
-            "ADV/ORIG.\n",
-            tabulate(rows, headers=[f"{results.get('suite_name')}", "ratio", f"{other.get('suite_name')}",
-                                    "ratio", "Δ"], tablefmt="github", disable_numparse=True), ""]
+    for model, attack in order:
+        r = merged.loc[(model, attack)]
+        delta = r["ratio_this"] - r["ratio_other"]
+        rows.append([model, attack, _fmt(r["orig_acc_this"]), _fmt(r["adv_acc_this"]), _fmt(r["ratio_this"], 3),
+                     _fmt(r["orig_acc_other"]), _fmt(r["adv_acc_other"]), _fmt(r["ratio_other"], 3),
+                     "" if np.isnan(delta) else f"{delta:+.3f}"])
+    this, that = results.get("suite_name"), other.get("suite_name")
+    return [f"## Against {that} ({other.get('profile')})\n",
+            f"Cells matched by model and attack name. ORIG/ADV: accuracy (%) at the largest size, mean over seeds; "
+            f"ratio: mean over sizes of ADV/ORIG (the paper's definition); Δ = {this} - {that}.\n",
+            tabulate(rows, headers=["model", "attack", f"ORIG % {this}", f"ADV % {this}", f"ratio {this}",
+                                    f"ORIG % {that}", f"ADV % {that}", f"ratio {that}", "Δ ratio"],
+                     tablefmt="github", disable_numparse=True), ""]
 
 
 def environment(results: dict, run_dir: Path) -> list[str]:

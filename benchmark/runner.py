@@ -4,7 +4,8 @@ run on one device, every node cached under a key that hashes everything that det
 Keys: a model hashes its suite entry, the data checksum and torch's version, and for a fine-tune its parent's
 weights hash and its adversarial set's hash; an adversarial set hashes its attack, the parent's weights, the image
 indices and the attack libraries' versions; an evaluation hashes the model's weights, the attack, the seed and
-its image indices. A rerun reuses what finished; kill -9 loses at most the node in flight.
+its image indices. A rerun reuses what finished; kill -9 loses at most the node in flight, and for base
+training only the epochs since its last checkpoint (at most about a minute's work).
 
 Evaluations are pure functions of their job (`Evaluation`), run through an executor: `LocalExecutor` runs them
 in-process; a distributed one only has to provide `map`.
@@ -26,7 +27,7 @@ from benchmark import env, evaluate, models, report
 from benchmark.errors import UserError
 from benchmark.store import Store, atomic_json, tensors_hash
 from benchmark.suite import AttackSpec, ModelSpec, Suite, digest, load
-from benchmark.train import Schedule, fit, predict
+from benchmark.train import Checkpoint, Schedule, fit, predict
 
 
 @dataclass(frozen=True)
@@ -173,12 +174,16 @@ def train_base(ctx: Context, spec: ModelSpec, key: str) -> dict:
     if early:
         val = (x[order[:held]], y[order[:held]])
     x, y = x[kept], y[kept]
+    checkpoint = Checkpoint(load=lambda: ctx.store.get_tensors("checkpoints", key),
+                            save=lambda state: ctx.store.put_state("checkpoints", key, state))
     history = fit(model, x, y, epochs=e["epochs"], batch_size=e["batch_size"], schedule=Schedule(lr=e["lr"]),
                   seed=e["seed"], augment=e["augment"], val=val, patience=early["patience"] if early else None,
-                  desc=f"train {spec.name}")
-    return _save_model(ctx, key, model, {"name": spec.name, "kind": "base", "history": history.epochs,
+                  checkpoint=checkpoint, desc=f"train {spec.name}")
+    info = _save_model(ctx, key, model, {"name": spec.name, "kind": "base", "history": history.epochs,
                                          "stopped_early": history.stopped_early, "best_epoch": history.best_epoch,
                                          "train_images": len(y)})
+    ctx.store.drop("checkpoints", key)
+    return info
 
 
 def finetune_indices(ctx: Context, spec: ModelSpec) -> torch.Tensor:

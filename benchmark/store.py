@@ -81,6 +81,18 @@ class Store:
         torch.save({k: v.detach().cpu() for k, v in tensors.items()}, buffer)
         self._write(kind, key, ".pt", buffer.getvalue())
 
+    def put_state(self, kind: str, key: str, state: Any) -> None:
+        """Any nest of dicts, lists, numbers and tensors (a training checkpoint), readable with get_tensors."""
+        import io
+
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        self._write(kind, key, ".pt", buffer.getvalue())
+
+    def drop(self, kind: str, key: str) -> None:
+        for path in self._paths(kind, key, ".pt"):
+            path.unlink(missing_ok=True)
+
     def get_json(self, kind: str, key: str) -> Any | None:
         data = self._read(kind, key, ".json")
         return None if data is None else json.loads(data)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
@@ -51,9 +53,20 @@ def to_float(batch: torch.Tensor) -> torch.Tensor:
     return batch.float().div_(255) if batch.dtype == torch.uint8 else batch.float()
 
 
+@dataclass
+class Checkpoint:
+    """Where `fit` keeps its whole state (weights, optimizer, RNG, history), so that a killed run resumes at the
+    last saved epoch and ends with the weights an uninterrupted run would have had. Saved at the end of an epoch
+    once `every_s` seconds have passed since the last save (a fast GPU epoch is not worth its write)."""
+
+    load: Callable[[], dict | None]
+    save: Callable[[dict], None]
+    every_s: float = 60.0
+
+
 def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, batch_size: int,
         schedule: Schedule, seed: int, augment: bool = False, val: tuple[torch.Tensor, torch.Tensor] | None = None,
-        patience: int | None = None, desc: str = "train") -> History:
+        patience: int | None = None, checkpoint: Checkpoint | None = None, desc: str = "train") -> History:
     """Adam + cross-entropy on (images, labels), both already on the model's device. With `val` and `patience`,
     stop once validation loss has not improved for `patience` epochs and restore the best weights (the paper
     trains "until overfitting")."""
@@ -65,10 +78,21 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs:
     generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(images) / batch_size)
     total = epochs * steps_per_epoch
-    history, best_loss, best_state, bad_epochs = History(), math.inf, None, 0
-    bar = tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)
-    step = 0
-    for epoch in range(epochs):
+    history, best_loss, best_state, bad_epochs, first_epoch = History(), math.inf, None, 0, 0
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["generator"])
+        history = History(saved["epochs"], saved["stopped_early"], saved["best_epoch"])
+        best_loss, best_state, bad_epochs = saved["best_loss"], saved["best_state"], saved["bad_epochs"]
+        first_epoch = len(history.epochs)
+    step = first_epoch * steps_per_epoch
+    bar = tqdm(total=total, initial=step, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+    last_save = time.monotonic()
+    for epoch in range(first_epoch, epochs):
+        if history.stopped_early:
+            break
         model.train()
         order = torch.randperm(len(images), generator=generator).to(device)
         loss_sum = torch.zeros((), device=device)
@@ -99,9 +123,14 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs:
                 bad_epochs += 1
         history.epochs.append(record)
         bar.set_postfix({k: round(v, 4) for k, v in record.items() if k != "epoch"})
-        if patience is not None and val is not None and bad_epochs >= patience:
-            history.stopped_early = True
-            break
+        history.stopped_early = patience is not None and val is not None and bad_epochs >= patience
+        if checkpoint is not None and epoch + 1 < epochs and not history.stopped_early \
+                and time.monotonic() - last_save >= checkpoint.every_s:
+            checkpoint.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "generator": generator.get_state(), "epochs": history.epochs,
+                             "stopped_early": history.stopped_early, "best_epoch": history.best_epoch,
+                             "best_loss": best_loss, "best_state": best_state, "bad_epochs": bad_epochs})
+            last_save = time.monotonic()
     bar.close()
     if best_state is not None and patience is not None:
         model.load_state_dict(best_state)

@@ -86,3 +86,21 @@ def test_smoke_suite_passes_the_gate_against_the_committed_baseline(tmp_path, ca
     out = tmp_path / "smoke"
     assert main(["run", str(REPO / "suites" / "smoke.toml"), "--out", str(out), "--device", "cpu"]) == 0
     assert main(["check", str(out), "--baseline", str(REPO / "reports" / "baselines" / "smoke-cpu.json")]) == 0
+
+
+def test_comparison_matches_cells_by_name_not_by_position():
+    results = json.loads(FIXTURE.read_text())
+    other = copy.deepcopy(results)
+    other["suite_name"] = "other"
+    other["cells"] = [c for c in other["cells"] if c["attack"] != "jsma"]  # shifts every later row's position
+    for cell in other["cells"]:
+        if (cell["model"], cell["attack"]) == ("base", "fgsm"):
+            cell["adv_acc"] = 0.0
+    means = report.seed_means(report.cells(results))
+    table = "\n".join(report.comparison(results, means, other))
+    rows = {tuple(cells[:2]): cells for cells in ([c.strip() for c in line.split("|")[1:-1]]
+                                                  for line in table.splitlines() if line.startswith("| "))}
+    ratio = report.paper_ratio(means).set_index(["model", "attack"])["ratio"]
+    assert rows[("base", "fgsm")][-2:] == ["0.000", f"{ratio[('base', 'fgsm')]:+.3f}"]  # ours minus a ratio of 0
+    assert rows[("base", "jsma")][-4:] == ["", "", "", ""]  # in this run only: blanks for the other
+    assert rows[("aft-fgsm", "fgsm-ablation@eps=0.01")][-1] == "+0.000"

@@ -46,3 +46,40 @@ def test_slow_start_fast_decay_schedule():
     assert all(a > b for a, b in zip(lrs[1:], lrs[2:]))  # then strictly decaying
     assert abs(lrs[-1] - 1e-5) < 1e-12
     assert Schedule("constant", lr=1e-3).at(5, 8) == 1e-3
+
+
+def test_killed_training_resumes_from_its_checkpoint_to_the_same_weights(synthetic, tmp_path):
+    import pytest
+
+    from benchmark.store import Store
+    from benchmark.train import Checkpoint
+
+    x, y, val = synthetic.train_x[:400], synthetic.train_y[:400], (synthetic.test_x[:200], synthetic.test_y[:200])
+
+    def run(checkpoint=None, init_seed=0):
+        torch.manual_seed(init_seed)
+        model = models.build("small-cnn", mean=[0.5] * 3, std=[0.5] * 3)
+        history = fit(model, x, y, epochs=4, batch_size=100, schedule=Schedule(), seed=0, augment=True, val=val,
+                      patience=10, checkpoint=checkpoint)
+        return model, history
+
+    reference, reference_history = run()
+
+    class Killed(Exception):
+        pass
+
+    store = Store(tmp_path)
+
+    def save_then_die(state):
+        store.put_state("checkpoints", "k", state)
+        if len(state["epochs"]) == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run(Checkpoint(load=lambda: None, save=save_then_die, every_s=0))
+    # A different initialisation proves the weights come from the checkpoint, not from the seed.
+    resumed, history = run(Checkpoint(load=lambda: store.get_tensors("checkpoints", "k"), save=lambda s: None,
+                                      every_s=0), init_seed=1)
+    assert [e["epoch"] for e in history.epochs] == [1, 2, 3, 4] and history.epochs == reference_history.epochs
+    for (name, p), q in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(p, q), name
