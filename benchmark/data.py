@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 SOURCES = ("cifar10", "folder", "synthetic")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
 
 def cache_dir() -> Path:
@@ -53,6 +55,8 @@ def load(source: str, path: str | os.PathLike | None = None, *, synthetic_size: 
     if source == "synthetic":
         return synthetic(*synthetic_size)
     path = path or os.environ.get("BENCH_DATA_DIR")
+    if path is not None and Path(path).name.endswith(ARCHIVE_SUFFIXES) and not Path(path).is_file():
+        raise UserError(f"data archive {path} does not exist")
     if path is not None and _is_image_folder(Path(path)):
         return image_folder(path)
     if source == "folder":
@@ -62,7 +66,7 @@ def load(source: str, path: str | os.PathLike | None = None, *, synthetic_size: 
 
 
 def _is_image_folder(path: Path) -> bool:
-    if path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar")):
+    if path.is_file() and path.name.endswith(ARCHIVE_SUFFIXES):
         return True
     return path.is_dir() and any((p / "train").is_dir() for p in (path, *_subdirs(path)))
 
@@ -81,11 +85,14 @@ def cifar10(root: str | os.PathLike | None = None) -> Dataset:
         train = CIFAR10(str(root), train=True, download=False)
         test = CIFAR10(str(root), train=False, download=False)
     except RuntimeError:  # absent or corrupt: try the download, which checks the archive's md5
+        created = not root.exists()
         try:
             root.mkdir(parents=True, exist_ok=True)
             train = CIFAR10(str(root), train=True, download=True)
             test = CIFAR10(str(root), train=False, download=True)
         except Exception as exc:  # noqa: BLE001  (offline: URLError, socket errors, md5 mismatch)
+            if created:  # leave nothing behind but what was there
+                shutil.rmtree(root, ignore_errors=True)
             raise UserError(f"CIFAR-10 not found at {root} and not downloadable ({type(exc).__name__}); "
                             f"pass --data-dir PATH (a cifar-10-batches-py parent, an image folder or its "
                             f".tar.gz) or set BENCH_DATA_DIR") from None

@@ -83,6 +83,10 @@ def test_cifar10_absent_offline_names_path_and_flag(tmp_path, monkeypatch):
     monkeypatch.setattr(CIFAR10, "download", offline)
     with pytest.raises(UserError, match=r"not found at .*--data-dir"):
         data.load("cifar10", tmp_path / "empty")
+    assert not (tmp_path / "empty").exists()  # the failed download leaves nothing behind
+    with pytest.raises(UserError, match=r"data archive .*missing.tar.gz does not exist"):
+        data.load("cifar10", tmp_path / "missing.tar.gz")
+    assert not (tmp_path / "missing.tar.gz").exists()
 
 
 def test_synthetic_is_deterministic(synthetic):
