@@ -18,7 +18,8 @@ def _run(capsys, *argv):
     return code, captured.out, captured.err
 
 
-@pytest.mark.parametrize("suite", ["smoke", "paper", "paper-code", "paper-code-cpu", "jsma-agreement", "quick-cifar"])
+@pytest.mark.parametrize("suite", ["smoke", "paper", "paper-code", "paper-cpu", "paper-code-cpu", "jsma-agreement",
+                                   "quick-cifar"])
 def test_shipped_suites_validate(capsys, suite):
     code, out, _ = _run(capsys, "validate", str(REPO / "suites" / f"{suite}.toml"))
     plan = json.loads(out)
