@@ -82,8 +82,9 @@ def paper_tables(results: dict, means: pd.DataFrame) -> list[str]:
                     rows.append(["", f"{kind} Δ"] + [
                         f"{sel.at[s, col] - paper[s]:+.2f}" if s in paper else "" for s in sizes])
         seeds = int(means.loc[means["model"] == model, "seeds"].max())
+        source = f"; paper rows from {reference['source']}" if reference.get("source") else ""
         out.append(f"### {model}\n\nAccuracy (%) on original (ORIG) and adversarial (ADV) images, mean ± sd over "
-                   f"{seeds} seed(s); paper rows from {reference.get('source', 'no reference')}.\n")
+                   f"{seeds} seed(s){source}.\n")
         out.append(tabulate(rows, headers=["attack", ""] + [f"{s} images" for s in sizes], tablefmt="github",
                             disable_numparse=True))
         out.append("")
