@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; finished work is kept and a rerun resumes from it", file=sys.stderr)
+        print("\ninterrupted; finished work is kept and a rerun resumes from it", file=sys.stderr)  # after a bar
         return 130
 
 

@@ -235,7 +235,9 @@ def figures(results: dict, frame: pd.DataFrame, means: pd.DataFrame, run_dir: Pa
             for model, g in group.groupby("model", sort=False):
                 curve = g.groupby("value")["adv_acc"].mean() * 100
                 ax.plot(curve.index, curve.values, marker="o", label=model)
-            ax.set_xlabel(group["param"].iloc[0])
+            param = group["param"].iloc[0]
+            space = results["suite"].get("attacks", {}).get(family, {}).get("space", "pixel")
+            ax.set_xlabel(f"{param} ({space} space)" if param.startswith("eps") else param)  # units, always
             ax.set_ylabel("ADV accuracy (%)")
             ax.set_title(f"{family}, {size} images x {group['seed'].nunique()} seeds")
             ax.legend()
