@@ -41,7 +41,10 @@ def auto_batch_size(model: torch.nn.Module, images: torch.Tensor, probe: int = 6
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
-    (grad,) = torch.autograd.grad(model(x).float().logsumexp(1).sum(), x)
+    try:
+        (grad,) = torch.autograd.grad(model(x).float().logsumexp(1).sum(), x)
+    except torch.cuda.OutOfMemoryError:  # a nearly full device: the smallest batch, not a crash
+        return probe
     del grad
     torch.cuda.synchronize(device)
     per_image = (torch.cuda.max_memory_allocated(device) - before) / len(x)
