@@ -34,7 +34,7 @@ def auto_batch_size(model: torch.nn.Module, images: torch.Tensor, probe: int = 6
     """On CUDA, measure one forward and input-gradient pass on `probe` images and size the attack batch from
     the free memory; elsewhere CPU_BATCH (the CPU gains nothing from larger batches, and a fixed size keeps CPU
     runs bit-reproducible). Attacks whose inner loop keeps more than one graph bound their own chunks."""
-    if images.device.type != "cuda" or len(images) <= 64:
+    if images.device.type != "cuda" or len(images) <= probe:
         return CPU_BATCH
     device = images.device
     x = to_float(images[:probe]).requires_grad_(True)

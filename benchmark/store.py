@@ -75,11 +75,7 @@ class Store:
         return None if data is None else torch.load(io.BytesIO(data), map_location=device, weights_only=True)
 
     def put_tensors(self, kind: str, key: str, tensors: dict[str, torch.Tensor]) -> None:
-        import io
-
-        buffer = io.BytesIO()
-        torch.save({k: v.detach().cpu() for k, v in tensors.items()}, buffer)
-        self._write(kind, key, ".pt", buffer.getvalue())
+        self.put_state(kind, key, {k: v.detach().cpu() for k, v in tensors.items()})
 
     def put_state(self, kind: str, key: str, state: Any) -> None:
         """Any nest of dicts, lists, numbers and tensors (a training checkpoint), readable with get_tensors."""

@@ -84,15 +84,13 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         generator.set_state(saved["generator"])
-        history = History(saved["epochs"], saved["stopped_early"], saved["best_epoch"])
+        history = History(saved["epochs"], best_epoch=saved["best_epoch"])  # saved only before any early stop
         best_loss, best_state, bad_epochs = saved["best_loss"], saved["best_state"], saved["bad_epochs"]
         first_epoch = len(history.epochs)
     step = first_epoch * steps_per_epoch
     bar = tqdm(total=total, initial=step, desc=desc, unit="step", leave=False, dynamic_ncols=True)
     last_save = time.monotonic()
     for epoch in range(first_epoch, epochs):
-        if history.stopped_early:
-            break
         model.train()
         order = torch.randperm(len(images), generator=generator).to(device)
         loss_sum = torch.zeros((), device=device)
@@ -123,13 +121,14 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs:
                 bad_epochs += 1
         history.epochs.append(record)
         bar.set_postfix({k: round(v, 4) for k, v in record.items() if k != "epoch"})
-        history.stopped_early = patience is not None and val is not None and bad_epochs >= patience
-        if checkpoint is not None and epoch + 1 < epochs and not history.stopped_early \
-                and time.monotonic() - last_save >= checkpoint.every_s:
+        if patience is not None and val is not None and bad_epochs >= patience:
+            history.stopped_early = True
+            break
+        if checkpoint is not None and epoch + 1 < epochs and time.monotonic() - last_save >= checkpoint.every_s:
             checkpoint.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "generator": generator.get_state(), "epochs": history.epochs,
-                             "stopped_early": history.stopped_early, "best_epoch": history.best_epoch,
-                             "best_loss": best_loss, "best_state": best_state, "bad_epochs": bad_epochs})
+                             "best_epoch": history.best_epoch, "best_loss": best_loss, "best_state": best_state,
+                             "bad_epochs": bad_epochs})
             last_save = time.monotonic()
     bar.close()
     if best_state is not None and patience is not None:
