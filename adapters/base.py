@@ -1,7 +1,7 @@
 """The attack interface every adapter implements.
 
     attack = get_attack("torchattacks.FGSM", eps=0.01)
-    x_adv = attack(model, images, labels)
+    x_adv = attack(model, images, labels)                       # or positions=range(start, start + n)
 
 `images`: float NCHW in [0,1] on the model's device; `labels`: int64 true labels; `model`: maps [0,1] images to
 logits (normalization inside it). The result has the images' shape, dtype and device and never aliases them.
@@ -11,21 +11,29 @@ logits (normalization inside it). The result has the images' shape, dtype and de
 - "normalized": on the model's normalized input `(x - mean) / std`, and the attack's own [0,1] clip then acts on
   that normalized tensor. This is the paper authors' code (their eps 0.01 is 0.005 in pixels at std 0.5, and the
   clamp pushes every pixel into [0.5, 1]); the result is mapped back to pixels. Needs a `benchmark.models.Normalized`.
+
+`seed` and `positions` fix every random draw per image (adapters.rng): an evaluation cut into batches of any
+size gives the same adversarial images. Attacks run in exact fp32 (no TF32) with the model's parameters frozen.
+`describe()` lists every parameter that determines the output, defaults resolved: what cache keys hash.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
+
+from adapters.rng import per_image_rng
 
 SPACES = ("pixel", "normalized")
 NON_NEGATIVE = ("eps", "alpha", "theta_abs", "gamma", "steps", "max_steps", "top_k", "batch_size")
 
 
 class Attack:
-    """Base class: subclasses implement `perturb(model, images, labels)` on whatever space they are handed."""
+    """Base class: subclasses implement `perturb(model, images, labels)` on whatever space they are handed, and
+    `describe()` with every parameter that determines their output, defaults resolved."""
 
     name = "attack"
 
@@ -35,30 +43,46 @@ class Attack:
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ValueError(f"{self.name}: seed must be an integer, got {seed!r}")
         self.space, self.seed = space, seed
+        self.batch_invariant = True  # False once a call drew randomness not tied to one image (adapters.rng)
 
-    def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
+                positions: Sequence[int]) -> torch.Tensor:
+        """`positions` only for adapters that draw randomness themselves (adapters.rng.image_generators)."""
         raise NotImplementedError
 
-    def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
+                 positions: Sequence[int] | None = None) -> torch.Tensor:
+        """`positions[i]`: where images[i] sits in the whole evaluation (default 0..n-1). Random draws depend on
+        the seed and these positions only, so cutting an evaluation into batches of any size gives the same
+        images (adapters.rng)."""
         if not images.is_floating_point() or images.dim() != 4:
             raise ValueError(f"{self.name}: images must be a float NCHW tensor, got {images.dtype} {tuple(images.shape)}")
         if labels.shape != images.shape[:1]:
             raise ValueError(f"{self.name}: labels must have shape ({len(images)},), got {tuple(labels.shape)}")
+        positions = range(len(images)) if positions is None else positions
+        if len(positions) != len(images):
+            raise ValueError(f"{self.name}: {len(positions)} positions for {len(images)} images")
         was_training = model.training
+        frozen = [p for p in model.parameters() if p.requires_grad]
         model.eval()
-        devices = [images.device] if images.device.type == "cuda" else []
         try:
-            with torch.random.fork_rng(devices=devices):  # seeded, without touching the caller's RNG state
-                torch.manual_seed(self.seed)
+            # Parameters frozen: toolkits that call backward (ART) would otherwise also compute weight gradients.
+            for p in frozen:
+                p.requires_grad_(False)
+            with exact_fp32(), per_image_rng(self.seed, positions) as draws:
                 images, labels = images.detach().clone(), labels.detach().long()
                 if self.space == "normalized":
                     if not hasattr(model, "normalize"):
                         raise ValueError(f"{self.name}: space='normalized' needs a model with its normalization "
                                          "as a separate layer (benchmark.models.Normalized)")
-                    adv = model.denormalize(self.perturb(model.net, model.normalize(images), labels))
+                    adv = model.denormalize(self.perturb(model.net, model.normalize(images), labels,
+                                                         positions=positions))
                 else:
-                    adv = self.perturb(model, images, labels)
+                    adv = self.perturb(model, images, labels, positions=positions)
+            self.batch_invariant &= draws.batch_invariant
         finally:
+            for p in frozen:
+                p.requires_grad_(True)
             model.train(was_training)
         return adv.detach().to(dtype=images.dtype, device=images.device)
 
@@ -67,6 +91,19 @@ class Attack:
 
     def describe(self) -> dict[str, Any]:
         return {"space": self.space, "seed": self.seed}
+
+
+@contextlib.contextmanager
+def exact_fp32():
+    """Full fp32 on CUDA: cuDNN and cuBLAS otherwise run fp32 convolutions and matmuls in TF32 (10-bit mantissa),
+    which flips the sign of small gradient components, i.e. changes FGSM itself. Used for attacks, predictions
+    and validation losses; a no-op on the CPU."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def check_params(owner: str, params: dict[str, Any], valid: dict[str, Any]) -> None:

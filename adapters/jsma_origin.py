@@ -57,9 +57,9 @@ class JsmaOrigin(Attack):
         if self.mode == "paper-code":
             return {"mode": self.mode, "eps": self.eps, **super().describe()}
         return {"mode": self.mode, "theta": self.theta, "gamma": self.gamma, "top_k": self.top_k,
-                "max_steps": self.max_steps, **super().describe()}
+                "max_steps": self.max_steps, **super().describe()}  # batch_size: how, not what
 
-    def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, **_) -> torch.Tensor:
         step = self._paper_code if self.mode == "paper-code" else self._iterative
         chunk = self.batch_size or len(images)
         return torch.cat([step(model, images[i:i + chunk], labels[i:i + chunk]) for i in range(0, len(images), chunk)])
@@ -112,6 +112,18 @@ class JsmaOrigin(Attack):
             changed[rows, pair] = True
             searchable[rows, pair] = x[rows, pair] < 1 if self.theta > 0 else x[rows, pair] > 0
         return x.view(n, *shape).detach()
+
+
+def l0_budget(gamma: float, features: int) -> int:
+    """The most features jsma-origin changes at `gamma`: whole pairs within floor(gamma * features)."""
+    return 2 * (math.floor(gamma * features) // 2)
+
+
+def art_gamma(budget: int, features: int) -> float:
+    """The gamma at which ART's SaliencyMapMethod changes at most `budget` (even) features, for a like-for-like
+    comparison: ART takes another pair while changed / features <= gamma, so it ends at the first even count
+    above gamma * features (at gamma 0.01 on 3072 features: 32, where jsma-origin stops at 30)."""
+    return (budget - 1) / features
 
 
 def _two_grads(z_y: torch.Tensor, logits: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,8 +1,10 @@
 """Any ART evasion attack by class name (`art.SaliencyMapMethod`, `art.FastGradientMethod`, ...), run through
 `PyTorchClassifier(clip_values=(0, 1))`, so ART clips to the [0,1] range of the space the attack works in.
 
-Targets: `targets` picks the target class rule, seeded by `seed`, and never the true label:
-`random` (uniform over the other classes), `next` ((y + 1) mod K) or `least-likely` (lowest logit but y).
+Targets: `targets` picks the target class rule, never the true label: `random` (uniform over the other classes,
+drawn per image from `seed` and the image's position, so batching does not change it), `next` ((y + 1) mod K) or
+`least-likely` (lowest logit but y). ART's own draws from numpy's global RNG (PGD's random init, ...) are made
+per image too, and the global RNG is seeded and restored around each call (adapters.rng).
 `art.SaliencyMapMethod` is a targeted attack and always gets explicit targets (default rule `random`): ART's own
 fallback draws them from numpy's global RNG, which no seed of ours controls. Other attacks get the true labels
 (untargeted) unless `targets` is set, which also sets their `targeted=True`.
@@ -10,15 +12,17 @@ fallback draws them from numpy's global RNG, which no seed of ours controls. Oth
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from adapters.base import Attack, check_params, signature_defaults
+from adapters.rng import image_generators
 
 TARGET_RULES = ("random", "next", "least-likely")
+HOW_NOT_WHAT = ("batch_size", "summary_writer")  # change speed or logging, not the adversarial images
 ALWAYS_TARGETED = ("SaliencyMapMethod",)
 
 
@@ -36,13 +40,17 @@ def parameters(cls_name: str) -> dict[str, Any]:
     return {**own, "targets": default_rule}
 
 
-def choose_targets(rule: str, labels: torch.Tensor, logits: torch.Tensor, seed: int) -> torch.Tensor:
+def choose_targets(rule: str, labels: torch.Tensor, logits: torch.Tensor, seed: int,
+                   positions: Sequence[int] | None = None) -> torch.Tensor:
+    """Target classes, never the true label; `random` draws image i's from (seed, positions[i]) alone."""
     k = logits.shape[1]
     if rule == "next":
         return (labels + 1) % k
     if rule == "least-likely":
         return logits.masked_fill(nn.functional.one_hot(labels, k).bool(), float("inf")).argmin(1)
-    offsets = np.random.default_rng(seed).integers(1, k, size=len(labels))  # 1..K-1: never the true label
+    positions = range(len(labels)) if positions is None else positions
+    # Draw 0 of each image's stream: the attack's own draws inside adapters.rng.per_image_rng start at 1.
+    offsets = np.array([g.integers(1, k) for g in image_generators(seed, positions, draw=0)])  # 1..K-1
     return (labels + torch.from_numpy(offsets).to(labels.device)) % k
 
 
@@ -60,7 +68,8 @@ class ArtAttack(Attack):
             raise ValueError(f"{self.name}: targets must be one of {', '.join(TARGET_RULES)}, got {self.targets!r}")
         self.cls, self.cls_name, self.params = known[cls_name], cls_name, params
 
-    def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
+                positions: Sequence[int]) -> torch.Tensor:
         from art.estimators.classification import PyTorchClassifier
 
         with torch.no_grad():
@@ -78,10 +87,11 @@ class ArtAttack(Attack):
         if self.targets is not None and "targeted" in own and self.cls_name not in ALWAYS_TARGETED:
             kwargs["targeted"] = True
         attack = self.cls(classifier, **kwargs)
-        y = labels if self.targets is None else choose_targets(self.targets, labels, logits, self.seed)
+        y = labels if self.targets is None else choose_targets(self.targets, labels, logits, self.seed, positions)
         one_hot = nn.functional.one_hot(y, k).cpu().numpy().astype(np.float32)
         adv = attack.generate(images.cpu().numpy().astype(np.float32), y=one_hot)
         return torch.from_numpy(adv).to(images.device)
 
     def describe(self) -> dict[str, Any]:
-        return {**self.params, "targets": self.targets, **super().describe()}
+        own = {k: v for k, v in parameters(self.cls_name).items() if k not in HOW_NOT_WHAT}
+        return {**own, **self.params, "targets": self.targets, **super().describe()}

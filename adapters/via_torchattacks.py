@@ -49,10 +49,10 @@ class TorchattacksAttack(Attack):
         if space == "normalized" and _version() < (3, 5):
             raise ValueError(f"{self.name}: space='normalized' needs torchattacks >= 3.5 (older versions reject "
                              "inputs outside [0,1])")
-        self.cls, self.params = known[cls_name], params
+        self.cls, self.params, self.defaults = known[cls_name], params, parameters(cls_name)
 
-    def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, **_) -> torch.Tensor:
         return self.cls(model, **self.params)(images, labels)
 
     def describe(self) -> dict[str, Any]:
-        return {**self.params, **super().describe()}
+        return {**self.defaults, **self.params, **super().describe()}

@@ -111,7 +111,9 @@ def image_folder(path: str | os.PathLike) -> Dataset:
     if not path.exists():
         raise UserError(f"data path {path} does not exist")
     checksum = _checksum(path)
-    cached = cache_dir() / "decoded" / f"{checksum.replace(':', '-')}.npz"
+    from PIL import __version__ as pillow  # decoders differ between versions: part of the cache key
+
+    cached = cache_dir() / "decoded" / f"{checksum.replace(':', '-')}-pillow{pillow}.npz"
     if cached.exists():
         arrays = dict(np.load(cached, allow_pickle=False))
     else:

@@ -9,7 +9,9 @@ from pathlib import Path
 import torch
 
 PACKAGES = {"torch": "torch", "torchvision": "torchvision", "art": "adversarial-robustness-toolbox",
-            "torchattacks": "torchattacks", "numpy": "numpy", "pandas": "pandas"}
+            "torchattacks": "torchattacks", "numpy": "numpy", "pandas": "pandas", "pillow": "pillow"}
+# The libraries whose version can change a number (pillow decodes JPEG/PNG data): every cache key carries them.
+NUMERIC = ("torch", "torchvision", "art", "torchattacks", "numpy", "pillow")
 
 
 def versions() -> dict[str, str]:
@@ -20,6 +22,10 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[short] = "absent"
     return out
+
+
+def numeric_versions(versions: dict[str, str]) -> dict[str, str]:
+    return {k: versions[k] for k in NUMERIC}
 
 
 def git_commit() -> str:

@@ -60,14 +60,15 @@ def attack_images(attack: Attack, model: torch.nn.Module, images: torch.Tensor, 
     out = []
     for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, dynamic_ncols=True):
         x = to_float(images[start:start + batch_size])
-        out.append(attack(model, x, labels[start:start + batch_size]))
+        # Positions make every random draw a function of the image's place in the set, not of the batch.
+        out.append(attack(model, x, labels[start:start + batch_size], positions=range(start, start + len(x))))
     return torch.cat(out)
 
 
 def run_evaluation(model: torch.nn.Module, attack: Attack, images: torch.Tensor, labels: torch.Tensor,
                    batch_size: int | None, desc: str) -> dict[str, list]:
     """Per-image outcome: true label, clean and adversarial predictions, and the perturbation's L0/L2/Linf in
-    pixel space."""
+    pixel space; `batch_invariant`: whether every random draw of the attack was tied to one image."""
     clean = to_float(images)
     adv = attack_images(attack, model, images, labels, batch_size, desc)
     delta = (adv - clean).flatten(1)
@@ -75,12 +76,14 @@ def run_evaluation(model: torch.nn.Module, attack: Attack, images: torch.Tensor,
             "adv_pred": predict(model, adv).tolist(),
             "l0": (delta.abs() > 1e-6).sum(1).tolist(),
             "l2": [round(v, 6) for v in delta.norm(dim=1).tolist()],
-            "linf": [round(v, 6) for v in delta.abs().amax(1).tolist()]}
+            "linf": [round(v, 6) for v in delta.abs().amax(1).tolist()],
+            "batch_invariant": attack.batch_invariant}
 
 
 def summarize(outcome: dict[str, list], size: int, num_classes: int) -> dict[str, Any]:
-    """Accuracy on original and adversarial images, their ratio, attack success on the originally correct,
-    mean distances, and both confusion matrices (rows: true class, columns: predicted), for the first `size`."""
+    """Accuracy on original and adversarial images, their ratio, attack success on the originally correct, mean
+    distances over the originally correct (`n_dist` of them: the images every attack attacks; some skip the
+    rest), and both confusion matrices (rows: true class, columns: predicted), for the first `size`."""
     y = np.asarray(outcome["label"][:size])
     orig = np.asarray(outcome["orig_pred"][:size])
     adv = np.asarray(outcome["adv_pred"][:size])
@@ -89,8 +92,8 @@ def summarize(outcome: dict[str, list], size: int, num_classes: int) -> dict[str
     return {"n": int(size), "orig_acc": orig_acc, "adv_acc": adv_acc,
             "ratio": adv_acc / orig_acc if orig_acc > 0 else float("nan"),
             "success_rate": float((adv[correct] != y[correct]).mean()) if correct.any() else float("nan"),
-            "l0": float(np.mean(outcome["l0"][:size])), "l2": float(np.mean(outcome["l2"][:size])),
-            "linf": float(np.mean(outcome["linf"][:size])),
+            **{d: float(np.mean(np.asarray(outcome[d][:size])[correct])) if correct.any() else float("nan")
+               for d in ("l0", "l2", "linf")}, "n_dist": int(correct.sum()),
             "confusion_orig": _confusion(y, orig, num_classes), "confusion_adv": _confusion(y, adv, num_classes)}
 
 

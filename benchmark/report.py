@@ -36,10 +36,18 @@ def cells(results: dict[str, Any]) -> pd.DataFrame:
 
 
 def seed_means(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean and spread over seeds per (model, attack, size), accuracies in %."""
+    """Mean and sample standard deviation (ddof 1; NaN for one seed) over seeds per (model, attack, size),
+    accuracies in %. Distances are means over the originally correct images of all seeds, `n_dist` of them."""
+    if "n_dist" not in frame:  # results written before distances were restricted to the originally correct
+        frame = frame.assign(n_dist=frame["n"])
     grouped = frame.groupby(["model", "attack", "size"], sort=False)
-    out = grouped[["orig_acc", "adv_acc", "success_rate", "l0", "l2", "linf"]].mean()
-    out[["orig_sd", "adv_sd"]] = grouped[["orig_acc", "adv_acc"]].std(ddof=0)
+    out = grouped[["orig_acc", "adv_acc", "success_rate"]].mean()
+    weights = frame["n_dist"].where(frame["n_dist"] > 0, 0)
+    for d in ("l0", "l2", "linf"):  # pooled over seeds: each seed weighs by its count of attacked images
+        out[d] = (frame[d].fillna(0) * weights).groupby([frame["model"], frame["attack"], frame["size"]],
+                                                          sort=False).sum() / grouped["n_dist"].sum()
+    out["n_dist"] = grouped["n_dist"].sum()
+    out[["orig_sd", "adv_sd"]] = grouped[["orig_acc", "adv_acc"]].std(ddof=1)
     out["seeds"] = grouped.size()
     for col in ("orig_acc", "adv_acc", "orig_sd", "adv_sd"):
         out[col] = out[col] * 100
@@ -60,6 +68,10 @@ def _reference_cell(reference: dict, model: str, attack: str) -> dict | None:
     return tables.get(ref_model, {}).get(ref_attack)
 
 
+def _mean_sd(mean: float, sd: float) -> str:
+    return f"{mean:.2f}" if np.isnan(sd) else f"{mean:.2f} ± {sd:.2f}"
+
+
 def _fmt(v: float | None, digits: int = 2) -> str:
     return "" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
 
@@ -75,7 +87,7 @@ def paper_tables(results: dict, means: pd.DataFrame) -> list[str]:
             sel = means[(means["model"] == model) & (means["attack"] == attack)].set_index("size")
             ref = _reference_cell(reference, model, attack)
             for kind, col, sd in (("ORIG", "orig_acc", "orig_sd"), ("ADV", "adv_acc", "adv_sd")):
-                rows.append([attack, kind] + [f"{sel.at[s, col]:.2f} ± {sel.at[s, sd]:.2f}" for s in sizes])
+                rows.append([attack, kind] + [_mean_sd(sel.at[s, col], sel.at[s, sd]) for s in sizes])
                 if ref is not None:
                     paper = {s: v for s, v in zip(ref_sizes, ref[kind.lower()])}
                     rows.append(["", f"{kind} paper"] + [_fmt(paper.get(s)) for s in sizes])
@@ -83,7 +95,8 @@ def paper_tables(results: dict, means: pd.DataFrame) -> list[str]:
                         f"{sel.at[s, col] - paper[s]:+.2f}" if s in paper else "" for s in sizes])
         seeds = int(means.loc[means["model"] == model, "seeds"].max())
         source = f"; paper rows from {reference['source']}" if reference.get("source") else ""
-        out.append(f"### {model}\n\nAccuracy (%) on original (ORIG) and adversarial (ADV) images, mean ± sd over "
+        spread = " ± sample sd (n - 1 in the denominator)" if seeds > 1 else ""
+        out.append(f"### {model}\n\nAccuracy (%) on original (ORIG) and adversarial (ADV) images, mean{spread} over "
                    f"{seeds} seed(s){source}.\n")
         out.append(tabulate(rows, headers=["attack", ""] + [f"{s} images" for s in sizes], tablefmt="github",
                             disable_numparse=True))
@@ -111,11 +124,13 @@ def agreement_table(means: pd.DataFrame) -> list[str]:
     size = means["size"].max()
     sel = means[means["size"] == size]
     rows = [[r["model"], r["attack"], _fmt(r["orig_acc"]), _fmt(r["adv_acc"]), _fmt(100 * r["success_rate"]),
-             _fmt(r["l0"], 1), _fmt(r["l2"], 3), _fmt(r["linf"], 4)] for _, r in sel.iterrows()]
+             str(int(r["n_dist"])), _fmt(r["l0"], 1), _fmt(r["l2"], 3), _fmt(r["linf"], 4)]
+            for _, r in sel.iterrows()]
     return [f"Same images per seed for every attack ({size} per seed); success rate counts images the model "
             "classified correctly before the attack and not after; distances in pixel space ([0,1]), L0 in "
-            "changed pixel-channels.\n",
-            tabulate(rows, headers=["model", "attack", "ORIG %", "ADV %", "success %", "L0", "L2", "Linf"],
+            "changed pixel-channels, averaged over the originally correct images (n, all seeds): the images "
+            "every attack attacks (some skip the misclassified ones, others do not).\n",
+            tabulate(rows, headers=["model", "attack", "ORIG %", "ADV %", "success %", "n", "L0", "L2", "Linf"],
                      tablefmt="github", disable_numparse=True)]
 
 
@@ -148,6 +163,55 @@ def clamp_ablation(results: dict, frame: pd.DataFrame, means: pd.DataFrame) -> l
             tabulate(rows, headers=["model", "attack", "eps (normalized)", "ORIG %", "ADV % (clamp only)",
                                     "ADV % (eps + clamp)", "drop explained by clamp %"], tablefmt="github",
                      disable_numparse=True), ""]
+
+
+def finetune_images(results: dict, frame: pd.DataFrame) -> list[str]:
+    """Where each fine-tune's images came from, whether the base model trained on them, and (test split) how
+    many of them each evaluation subset contains."""
+    tuned = {name: info for name, info in results.get("models", {}).items() if info.get("kind") == "finetune"}
+    if not tuned:
+        return []
+    lines = ["## Fine-tune images\n"]
+    for name, info in tuned.items():
+        adv = info.get("adversarial_set", {})
+        if "sample_seed" not in adv:  # results from before the sample was recorded
+            continue
+        where = (f"{adv['images']} images of the {adv['split']} split, drawn with sample seed {adv['sample_seed']} "
+                 "(independent of the evaluation seeds)")
+        if adv["split"] == "train":
+            where += (f", disjoint from the base model's {adv['validation_excluded']} early-stop validation "
+                      f"images; the base model trained on {adv['seen_by_base']} of them")
+        lines.append(f"- {name}: {where}; perturbed by `{adv['attack']}`.")
+    overlap = frame[frame["model"].isin(tuned) & (frame["finetune_overlap"] > 0)]
+    if overlap.empty:
+        return lines + [""]
+    table = overlap.pivot_table(index=["model", "seed"], columns="size", values="finetune_overlap",
+                                aggfunc="first").reset_index()
+    lines += ["", "Fine-tune images among the evaluated images (test-split fine-tunes: the authors drew both from "
+              "the test split), per seed and size:\n",
+              tabulate(table.values.tolist(), headers=["model", "seed"] + [f"{s} images" for s in table.columns[2:]],
+                       tablefmt="github", disable_numparse=True)]
+    return lines + [""]
+
+
+def departures(results: dict) -> list[str]:
+    """What the run does differently from the protocol its profile names, where the suite cannot say it."""
+    if results.get("profile") != "paper-code":
+        return []
+    return ["## Departures from the authors' code\n",
+            "- Evaluation images: every seed attacks a seeded random subset of the test split (prefixes of one "
+            "permutation per seed); the authors' JSMA test script takes the first N test images in file order "
+            "(`shuffle=False`), the same for every run.",
+            "- Their per-image loops (batch 1) are batched here; attacks are per-image deterministic, so batching "
+            "changes no number.", ""]
+
+
+def batch_dependence(frame: pd.DataFrame) -> list[str]:
+    if "batch_invariant" not in frame or frame["batch_invariant"].all():
+        return []
+    names = ", ".join(f"`{a}`" for a in dict.fromkeys(frame.loc[~frame["batch_invariant"], "attack"]))
+    return [f"**Batch-dependent attacks:** {names} drew randomness not tied to one image (adapters.rng), so "
+            "their numbers can change with the attack batch size.", ""]
 
 
 def comparison(results: dict, means: pd.DataFrame, other: dict) -> list[str]:
@@ -264,6 +328,7 @@ def render(results: dict, run_dir: Path, *, against: dict | None = None, with_fi
     parts += ["## ADV/ORIG ratio", ""] + ratio_table(results, means) + [""]
     parts += ["## Attacks side by side (cross-toolkit agreement)", ""] + agreement_table(means) + [""]
     parts += clamp_ablation(results, frame, means)
+    parts += finetune_images(results, frame) + departures(results) + batch_dependence(frame)
     if against is not None:
         parts += comparison(results, means, against)
     if with_figures:

@@ -1,11 +1,18 @@
 """The runner: a suite becomes a graph (data -> base models -> adversarial sets -> fine-tuned models -> evaluations)
 run on one device, every node cached under a key that hashes everything that determines it.
 
-Keys: a model hashes its suite entry, the data checksum and torch's version, and for a fine-tune its parent's
-weights hash and its adversarial set's hash; an adversarial set hashes its attack, the parent's weights, the image
-indices and the attack libraries' versions; an evaluation hashes the model's weights, the attack, the seed and
-its image indices. A rerun reuses what finished; kill -9 loses at most the node in flight, and for base
+Keys: every key carries a hash of the data's pixels and labels, the versions of the libraries that can change a number, the kind of
+device, and a fingerprint of the code that computes the node (benchmark.fingerprint). Besides, a base model hashes
+its suite entry (defaults filled in) and its precision; a fine-tune its entry, its parent's weights hash and its
+adversarial set's hash; an adversarial set its attack's resolved parameters (`Attack.describe()`, defaults
+included), the parent's weights and the image indices; an evaluation the model's weights, the attack's resolved
+parameters, the seed and its image indices. So a rerun after a change of an attack's code or defaults re-runs
+that attack's evaluations and adversarial sets and nothing upstream, and a training checkpoint is resumed only
+by the code that wrote it. A rerun reuses what finished; kill -9 loses at most the node in flight, and for base
 training only the epochs since its last checkpoint (at most about a minute's work).
+
+Random draws: training follows the recipe's seed; an attack's draws follow the evaluation seed and each image's
+position (adapters.rng), so the attack batch size, which follows free memory on a GPU, changes no number.
 
 Evaluations are pure functions of their job (`Evaluation`), run through an executor: `LocalExecutor` runs them
 in-process; a distributed one only has to provide `map`.
@@ -23,7 +30,7 @@ from tqdm.auto import tqdm
 
 from adapters import get_attack
 from benchmark import data as datasets
-from benchmark import env, evaluate, models, report
+from benchmark import env, evaluate, fingerprint, models, report, train
 from benchmark.errors import UserError
 from benchmark.store import Store, atomic_json, tensors_hash
 from benchmark.suite import AttackSpec, ModelSpec, Suite, digest, load
@@ -60,6 +67,13 @@ class Context:
 
     def timed(self, stage: str, seconds: float) -> None:
         self.timings[stage] = round(self.timings.get(stage, 0.0) + seconds, 3)
+
+    @property
+    def made_with(self) -> dict[str, Any]:
+        """What every artefact key carries besides its own inputs: the data, the libraries that can change a
+        number, and the kind of device (CPU and CUDA kernels round differently)."""
+        return {"data": self.data.identity["pixels"], "versions": env.numeric_versions(self.versions),
+                "device": self.device.type}
 
 
 def run_suite(suite: Suite | str | Path, out: str | Path | None = None, *, device: str = "auto",
@@ -99,15 +113,21 @@ def prepare_data(suite: Suite, data_dir) -> datasets.Dataset:
     spec = suite.data
     data = datasets.load(spec["source"], data_dir,
                          synthetic_size=(spec.get("train", 5000), spec.get("test", 2000)))
+    # The pixels and labels themselves, hashed: what keys carry, so a change of loading code that leaves them
+    # as they were recomputes nothing, and one that changes them recomputes everything.
+    data.identity = {**data.identity, "pixels": tensors_hash({"train_x": data.train_x, "train_y": data.train_y,
+                                                              "test_x": data.test_x, "test_y": data.test_y})[:24]}
     n_test = len(data.test_y)
     if max(suite.sizes) > n_test:
         raise UserError(f"{suite.path}: evaluation size {max(suite.sizes)} exceeds the test split ({n_test} images)")
     for spec in suite.models.values():
         if spec.parent is not None:
-            pool = len(data.train_y) if spec.entry["split"] == "train" else n_test
+            held = (root_of(suite, spec.name).entry["early_stop"] or {}).get("val_size", 0)
+            pool = len(data.train_y) - held if spec.entry["split"] == "train" else n_test
             if spec.entry["images"] > pool:
                 raise UserError(f"{suite.path}: models.{spec.name}.images = {spec.entry['images']} exceeds the "
-                                f"{spec.entry['split']} split ({pool} images)")
+                                f"{spec.entry['split']} split less the base model's validation images "
+                                f"({pool} images)")
         elif ((spec.entry["early_stop"] or {}).get("val_size", 0) + (spec.entry["train_images"] or 1)
               > len(data.train_y)):
             raise UserError(f"{suite.path}: models.{spec.name}: early_stop.val_size + train_images exceed the "
@@ -118,9 +138,7 @@ def prepare_data(suite: Suite, data_dir) -> datasets.Dataset:
 def load_model(ctx: Context, name: str) -> torch.nn.Module:
     if name not in ctx._loaded:
         info = ctx.model_info[name]
-        root = ctx.suite.models[name]
-        while root.parent is not None:
-            root = ctx.suite.models[root.parent]
+        root = root_of(ctx.suite, name)
         model = models.build(root.entry["arch"], mean=root.entry["mean"], std=root.entry["std"],
                              num_classes=len(ctx.data.classes))
         model.load_state_dict(ctx.store.get_tensors("models", info["key"], ctx.device))
@@ -134,9 +152,10 @@ def load_model(ctx: Context, name: str) -> torch.nn.Module:
 def build_model(ctx: Context, spec: ModelSpec) -> None:
     """Train (or reuse) one model; fills ctx.model_info[spec.name]."""
     started = time.perf_counter()
-    checksum, torch_version = ctx.data.identity["checksum"], ctx.versions["torch"]
     if spec.parent is None:
-        key = digest({"kind": "model", "entry": spec.entry, "data": checksum, "torch": torch_version})[:24]
+        key = digest({"kind": "model", "entry": spec.entry, **ctx.made_with, "precision": _precision(ctx, True),
+                      "code": fingerprint.code(train_base, base_split, _save_model, train, models,
+                                               datasets.augment)})[:24]
         info = ctx.store.get_json("model-info", key)
         if info is None or ctx.store.get_tensors("models", key) is None:
             info = train_base(ctx, spec, key)
@@ -144,7 +163,8 @@ def build_model(ctx: Context, spec: ModelSpec) -> None:
         parent = ctx.model_info[spec.parent]
         adv_key, adv_info = build_adversarial_set(ctx, spec)
         key = digest({"kind": "finetune", "entry": spec.entry, "parent": parent["weights"],
-                      "adversarial_set": adv_info["hash"], "torch": torch_version})[:24]
+                      "adversarial_set": adv_info["hash"], **ctx.made_with, "precision": _precision(ctx, False),
+                      "code": fingerprint.code(finetune, _save_model, train, models)})[:24]
         info = ctx.store.get_json("model-info", key)
         if info is None or ctx.store.get_tensors("models", key) is None:
             info = finetune(ctx, spec, key, adv_key, adv_info)
@@ -152,27 +172,36 @@ def build_model(ctx: Context, spec: ModelSpec) -> None:
     ctx.timed(f"model:{spec.name}", time.perf_counter() - started)
 
 
+def _precision(ctx: Context, mixed: bool) -> str:
+    return "bf16-autocast" if mixed and ctx.device.type == "cuda" else "fp32"
+
+
 def _save_model(ctx: Context, key: str, model: torch.nn.Module, info: dict) -> dict:
     state = {k: v for k, v in model.state_dict().items()}
-    info = {**info, "key": key, "weights": tensors_hash(state),
+    info = {**info, "key": key, "weights": tensors_hash(state), "made_on": env.device_name(ctx.device),
             "test_acc": float((predict(model, ctx.data.test_x) == ctx.data.test_y).float().mean())}
     ctx.store.put_tensors("models", key, state)
     ctx.store.put_json("model-info", key, info)
     return info
 
 
+def base_split(entry: dict, n_train: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A base recipe's (validation, training) indices into the training split: one permutation seeded by the
+    recipe's seed, the early-stop validation images first, then the training images (all, or `train_images`)."""
+    order = torch.randperm(n_train, generator=torch.Generator().manual_seed(entry["seed"]))
+    held = entry["early_stop"]["val_size"] if entry["early_stop"] else 0
+    kept = order[held:held + entry["train_images"]] if entry["train_images"] else order[held:]
+    return order[:held], kept
+
+
 def train_base(ctx: Context, spec: ModelSpec, key: str) -> dict:
     e = spec.entry
     torch.manual_seed(e["seed"])
     model = models.build(e["arch"], mean=e["mean"], std=e["std"], num_classes=len(ctx.data.classes)).to(ctx.device)
-    x, y, val = ctx.data.train_x, ctx.data.train_y, None
+    val_idx, kept = (i.to(ctx.device) for i in base_split(e, len(ctx.data.train_y)))
+    x, y = ctx.data.train_x, ctx.data.train_y
     early = e["early_stop"]
-    # One seeded permutation: the validation split first, then the training images (all, or `train_images`).
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(e["seed"])).to(ctx.device)
-    held = early["val_size"] if early else 0
-    kept = order[held:held + e["train_images"]] if e["train_images"] else order[held:]
-    if early:
-        val = (x[order[:held]], y[order[:held]])
+    val = (x[val_idx], y[val_idx]) if early else None
     x, y = x[kept], y[kept]
     checkpoint = Checkpoint(load=lambda: ctx.store.get_tensors("checkpoints", key),
                             save=lambda state: ctx.store.put_state("checkpoints", key, state))
@@ -181,36 +210,61 @@ def train_base(ctx: Context, spec: ModelSpec, key: str) -> dict:
                   checkpoint=checkpoint, desc=f"train {spec.name}")
     info = _save_model(ctx, key, model, {"name": spec.name, "kind": "base", "history": history.epochs,
                                          "stopped_early": history.stopped_early, "best_epoch": history.best_epoch,
-                                         "train_images": len(y)})
+                                         "train_images": len(y), "precision": _precision(ctx, True)})
     ctx.store.drop("checkpoints", key)
     return info
 
 
-def finetune_indices(ctx: Context, spec: ModelSpec) -> torch.Tensor:
+def root_of(suite: Suite, name: str) -> ModelSpec:
+    spec = suite.models[name]
+    while spec.parent is not None:
+        spec = suite.models[spec.parent]
+    return spec
+
+
+def finetune_sample(suite: Suite, spec: ModelSpec, n_train: int, n_test: int) -> tuple[torch.Tensor, dict]:
+    """The images a fine-tune perturbs and trains on, and where they come from.
+
+    Drawn from their own stream (`sample_seed`, derived from the fine-tune's seed), independent of the evaluation
+    subsets (`evaluate.subset`, seeded by the evaluation seed): on the test split each evaluation subset then
+    overlaps the sample by about images/n_test of its size at every seed, as the authors' unseeded shuffle did.
+    On the training split the sample avoids the base model's early-stop validation images; `seen_by_base` counts
+    those of its images the base model trained on."""
     e = spec.entry
-    pool = len(ctx.data.train_y) if e["split"] == "train" else len(ctx.data.test_y)
-    return torch.randperm(pool, generator=torch.Generator().manual_seed(e["seed"]))[:e["images"]]
+    sample_seed = int(digest(["finetune-sample", e["seed"]])[:15], 16)
+    if e["split"] == "test":
+        pool, validation, trained = torch.arange(n_test), torch.empty(0, dtype=torch.long), None
+    else:
+        validation, trained = base_split(root_of(suite, spec.name).entry, n_train)
+        pool = torch.ones(n_train, dtype=torch.bool).index_fill_(0, validation, False).nonzero().squeeze(1)
+    idx = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(sample_seed))[:e["images"]]]
+    return idx, {"split": e["split"], "images": len(idx), "sample_seed": sample_seed, "pool": len(pool),
+                 "validation_excluded": len(validation),
+                 "seen_by_base": 0 if trained is None else int(torch.isin(idx, trained).sum())}
 
 
 def build_adversarial_set(ctx: Context, spec: ModelSpec) -> tuple[str, dict]:
     """The N images a fine-tune trains on, perturbed by its attack against the parent, with true labels."""
     e = spec.entry
     parent = ctx.model_info[spec.parent]
-    idx = finetune_indices(ctx, spec)
+    idx, provenance = finetune_sample(ctx.suite, spec, len(ctx.data.train_y), len(ctx.data.test_y))
     attack_entry = e["attack_spec"]
-    key = digest({"kind": "adversarial-set", "attack": attack_entry, "parent": parent["weights"],
-                  "data": ctx.data.identity["checksum"], "split": e["split"], "indices": idx.tolist(),
-                  "versions": ctx.versions})[:24]
+    attack = get_attack(attack_entry["adapter"],
+                        **{"seed": e["seed"], **{k: v for k, v in attack_entry.items() if k != "adapter"}})
+    key = digest({"kind": "adversarial-set", "adapter": attack_entry["adapter"], "attack": attack.describe(),
+                  "parent": parent["weights"], "split": e["split"], "indices": idx.tolist(), **ctx.made_with,
+                  "code": fingerprint.code(build_adversarial_set, finetune_sample, base_split,
+                                           evaluate.attack_images, *fingerprint.attack_modules(attack))})[:24]
     info = ctx.store.get_json("adversarial-set-info", key)
     if info is not None and ctx.store.get_tensors("adversarial-sets", key) is not None:
         return key, info
     xs, ys = (ctx.data.train_x, ctx.data.train_y) if e["split"] == "train" else (ctx.data.test_x, ctx.data.test_y)
     dev_idx = idx.to(ctx.device)
-    attack = get_attack(attack_entry["adapter"], **{k: v for k, v in attack_entry.items() if k != "adapter"})
     adv = evaluate.attack_images(attack, load_model(ctx, spec.parent), xs[dev_idx], ys[dev_idx],
                                  ctx.suite.eval_batch_size, desc=f"perturb {e['images']} for {spec.name}")
     tensors = {"images": adv, "labels": ys[dev_idx], "indices": idx}
-    info = {"hash": tensors_hash(tensors), "split": e["split"], "attack": e["attack"], "n": len(idx)}
+    info = {"hash": tensors_hash(tensors), "attack": e["attack"], "n": len(idx), **provenance,
+            "batch_invariant": attack.batch_invariant}
     ctx.store.put_tensors("adversarial-sets", key, tensors)
     ctx.store.put_json("adversarial-set-info", key, info)
     return key, info
@@ -223,10 +277,10 @@ def finetune(ctx: Context, spec: ModelSpec, key: str, adv_key: str, adv_info: di
     torch.manual_seed(e["seed"])
     history = fit(tuned, adv["images"], adv["labels"], epochs=e["epochs"], batch_size=e["batch_size"],
                   schedule=Schedule(e["schedule"], lr=e["lr"], warmup=e["warmup"], final=e["final"]),
-                  seed=e["seed"], desc=f"fine-tune {spec.name}")
+                  seed=e["seed"], mixed_precision=False, desc=f"fine-tune {spec.name}")
     return _save_model(ctx, key, tuned, {"name": spec.name, "kind": "finetune", "parent": spec.parent,
                                          "history": history.epochs, "adversarial_set": adv_info,
-                                         "finetune_indices": adv["indices"].tolist()})
+                                         "finetune_indices": adv["indices"].tolist(), "precision": "fp32"})
 
 
 def plan_evaluations(ctx: Context) -> list[Evaluation]:
@@ -235,14 +289,20 @@ def plan_evaluations(ctx: Context) -> list[Evaluation]:
     for model in ctx.suite.matrix_models:
         weights = ctx.model_info[model]["weights"]
         for attack_name in ctx.suite.matrix_attacks:
-            attack = ctx.suite.attacks[attack_name]
+            spec = ctx.suite.attacks[attack_name]
             for seed in ctx.suite.seeds:
+                attack = build_attack(spec, seed)
                 idx = evaluate.subset(len(ctx.data.test_y), size, seed)
-                key = digest({"kind": "evaluation", "weights": weights, "adapter": attack.adapter,
-                              "params": attack.params, "seed": seed, "indices": idx.tolist(),
-                              "data": ctx.data.identity["checksum"], "versions": ctx.versions})[:24]
-                jobs.append(Evaluation(model, weights, attack, seed, size, key))
+                key = digest({"kind": "evaluation", "weights": weights, "adapter": spec.adapter,
+                              "params": attack.describe(), "seed": seed, "indices": idx.tolist(), **ctx.made_with,
+                              "code": fingerprint.code(run_job, evaluate, *fingerprint.attack_modules(attack))})
+                jobs.append(Evaluation(model, weights, spec, seed, size, key[:24]))
     return jobs
+
+
+def build_attack(spec: AttackSpec, seed: int):
+    """The attack of one evaluation: its random draws follow the evaluation seed unless the suite fixes one."""
+    return get_attack(spec.adapter, **{"seed": seed, **spec.params})
 
 
 def run_job(ctx: Context, job: Evaluation) -> dict:
@@ -251,9 +311,8 @@ def run_job(ctx: Context, job: Evaluation) -> dict:
         return cached
     started = time.perf_counter()
     idx = evaluate.subset(len(ctx.data.test_y), job.size, job.seed).to(ctx.device)
-    attack = get_attack(job.attack.adapter, **{"seed": job.seed, **job.attack.params})
-    outcome = evaluate.run_evaluation(load_model(ctx, job.model), attack, ctx.data.test_x[idx],
-                                      ctx.data.test_y[idx], ctx.suite.eval_batch_size,
+    outcome = evaluate.run_evaluation(load_model(ctx, job.model), build_attack(job.attack, job.seed),
+                                      ctx.data.test_x[idx], ctx.data.test_y[idx], ctx.suite.eval_batch_size,
                                       desc=f"{job.attack.name} on {job.model} (seed {job.seed})")
     outcome["indices"] = idx.tolist()
     ctx.store.put_json("evaluations", job.key, outcome)
@@ -270,6 +329,7 @@ def summarize(ctx: Context, jobs: Iterable[Evaluation], outcomes: Iterable[dict]
             row = {"model": job.model, "attack": job.attack.name, "attack_family": job.attack.family,
                    "adapter": job.attack.adapter, "seed": job.seed, "size": size,
                    "sweep": list(job.attack.sweep) if job.attack.sweep else None,
+                   "batch_invariant": outcome.get("batch_invariant", True),
                    **evaluate.summarize(outcome, size, len(ctx.data.classes))}
             # Images the model was fine-tuned on that it is now evaluated on (the paper's code drew both from
             # the test split).

@@ -1,8 +1,8 @@
 """Training: base training (Adam, batched on-device augmentation, early stop) and adversarial fine-tuning.
 
 One loop serves both, airbench-style: the whole training set sits on the device, batches are index slices, and
-augmentation runs on the batch. bf16 autocast and channels_last are used for training steps on CUDA only, so CPU
-runs stay bit-deterministic; predictions and losses are taken in fp32.
+augmentation runs on the batch. bf16 autocast (base training only) and channels_last are used for training steps
+on CUDA only, so CPU runs stay bit-deterministic; predictions and losses are taken in exact fp32 (no TF32).
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from adapters.base import exact_fp32
 from benchmark.data import augment as augment_batch
 
 SCHEDULES = ("constant", "slow-start-fast-decay")
@@ -66,10 +67,12 @@ class Checkpoint:
 
 def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, batch_size: int,
         schedule: Schedule, seed: int, augment: bool = False, val: tuple[torch.Tensor, torch.Tensor] | None = None,
-        patience: int | None = None, checkpoint: Checkpoint | None = None, desc: str = "train") -> History:
+        patience: int | None = None, checkpoint: Checkpoint | None = None, mixed_precision: bool = True,
+        desc: str = "train") -> History:
     """Adam + cross-entropy on (images, labels), both already on the model's device. With `val` and `patience`,
     stop once validation loss has not improved for `patience` epochs and restore the best weights (the paper
-    trains "until overfitting")."""
+    trains "until overfitting"). `mixed_precision`: bf16 autocast on CUDA (never on the CPU); fine-tunes turn it
+    off, since bf16 would distort the small adversarial perturbations they learn from."""
     device = images.device
     cuda = device.type == "cuda"
     if cuda:
@@ -103,7 +106,7 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs:
                 x = x.contiguous(memory_format=torch.channels_last)
             for group in optimizer.param_groups:
                 group["lr"] = schedule.at(step, total)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and mixed_precision):
                 loss = nn.functional.cross_entropy(model(x), labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -139,11 +142,13 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs:
 
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Predicted labels, batched; accepts uint8 or float [0,1] images. In fp32 on every device, like the attacks:
-    an adversarial image sits near a decision boundary, where bf16 logits could flip the verdict."""
+    """Predicted labels, batched; accepts uint8 or float [0,1] images. In exact fp32 (no bf16, no TF32) on every
+    device, like the attacks: an adversarial image sits near a decision boundary, where rounded logits could
+    flip the verdict."""
     model.eval()
-    return torch.cat([model(to_float(images[start:start + batch_size])).argmax(1)
-                      for start in range(0, len(images), batch_size)])
+    with exact_fp32():
+        return torch.cat([model(to_float(images[start:start + batch_size])).argmax(1)
+                          for start in range(0, len(images), batch_size)])
 
 
 @torch.no_grad()
@@ -151,9 +156,10 @@ def evaluate_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
                   ) -> tuple[float, float]:
     model.eval()
     loss, correct = torch.zeros((), device=images.device), torch.zeros((), device=images.device)
-    for start in range(0, len(images), batch_size):
-        x, y = to_float(images[start:start + batch_size]), labels[start:start + batch_size]
-        logits = model(x)
-        loss += nn.functional.cross_entropy(logits, y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
+    with exact_fp32():
+        for start in range(0, len(images), batch_size):
+            x, y = to_float(images[start:start + batch_size]), labels[start:start + batch_size]
+            logits = model(x)
+            loss += nn.functional.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
     return float(loss) / len(images), float(correct) / len(images)
