@@ -13,7 +13,8 @@ image: it comes from the global generators, which the context seeds from `seed` 
 of their state marks the call as not batch-invariant, so a report can say so instead of pretending.
 
 Why in-house: no toolkit offers counter-based per-example randomness; torch's and numpy's generators are
-per-stream, and reseeding per batch replays one stream for every batch.
+per-stream, and reseeding per batch replays one stream for every batch. The samplers are patched process-wide for
+the duration of the block: one attack call at a time per process (executors scale out with processes).
 """
 from __future__ import annotations
 
@@ -138,7 +139,7 @@ def per_image_rng(seed: int, positions: Sequence[int]):
     originals = {name: getattr(np.random, name) for name in _NUMPY}
     factories = {name: getattr(torch, name) for name in _FACTORIES}
     own_methods = {name: vars(torch.Tensor).get(name) for name in _INPLACE}  # None: inherited from the C base
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         np.random.seed(seed % 2 ** 32)

@@ -258,8 +258,16 @@ def environment(results: dict, run_dir: Path) -> list[str]:
                      ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
     models = results.get("models", {})
     lines.append("- models (clean accuracy on the whole test split): " +
-                 ", ".join(f"{name} {100 * info['test_acc']:.2f}%" for name, info in models.items()))
+                 ", ".join(f"{name} {100 * info['test_acc']:.2f}%" + _made_elsewhere(info, results)
+                           for name, info in models.items()))
     return lines
+
+
+def _made_elsewhere(info: dict, results: dict) -> str:
+    """Artefact keys carry the device kind, so a model is never reused across kinds; a different card or CPU of
+    the same kind can still have made it (a copied artefacts folder), and then the report says so."""
+    made_on = info.get("made_on")
+    return f" (made on {made_on})" if made_on and made_on != results.get("device") else ""
 
 
 def figures(results: dict, frame: pd.DataFrame, means: pd.DataFrame, run_dir: Path) -> list[str]:
