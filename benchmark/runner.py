@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from adapters import get_attack
 from benchmark import data as datasets
-from benchmark import env, evaluate, models, report
+from benchmark import env, evaluate, examples, models, report
 from benchmark.errors import UserError
 from benchmark.store import Store, atomic_json, tensors_hash
 from benchmark.suite import AttackSpec, ModelSpec, Suite, digest, load
@@ -86,6 +86,7 @@ def run_suite(suite: Suite | str | Path, out: str | Path | None = None, *, devic
                "versions": ctx.versions, "git_commit": env.git_commit(), "models": ctx.model_info,
                "reference": suite.reference, "classes": data.classes, "cells": rows}
     atomic_json(out / "results.json", results)
+    examples.write(out / examples.FILE, jobs, outcomes)
     ctx.timed("total", time.perf_counter() - started)
     atomic_json(out / "run.json", {"timings_s": ctx.timings, "device": env.device_name(torch_device),
                                    "suite_hash": suite.hash})
