@@ -28,6 +28,8 @@ from scipy import stats as scipy_stats
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.proportion import proportion_confint
 
+from benchmark.errors import UserError
+
 LEVEL = 0.95
 REPLICATES = 2000
 BOOTSTRAP_SEED = 0
@@ -113,7 +115,8 @@ def outcomes_from_cells(cells: pd.DataFrame) -> dict[tuple[str, str], CellOutcom
                 joint = np.array([size - orig - adv + both, adv - both, orig - both, both])  # 00, 01, 10, 11
                 band = joint - previous
                 if (band < 0).any():
-                    raise ValueError(f"{model} / {attack} / seed {seed}: sizes are not nested prefixes")
+                    raise UserError(f"results: {model} / {attack} / seed {seed}: the sizes' counts are not those "
+                                    "of nested prefixes")
                 bands.append(np.repeat(np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=bool), band, axis=0))
                 previous = joint
             per_seed.append(_canonical(bands))

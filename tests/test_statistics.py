@@ -201,3 +201,12 @@ def test_gate_pairs_per_image_and_names_cell_values_and_p_value(tmp_path, capsys
     (tmp_path / "base.json").write_text(json.dumps(results))
     assert main(["check", str(tmp_path / "worse"), "--baseline", str(tmp_path / "base.json")]) == 0
     assert "Fisher exact (unpaired)" in capsys.readouterr().out
+
+
+def test_gate_rejects_an_unreadable_examples_csv(tmp_path, capsys):
+    results, table = constructed(seeds=(0,))
+    _write_run(tmp_path / "base", results, table)
+    _write_run(tmp_path / "run", results, table.drop(columns="correct_adv"))
+    assert main(["check", str(tmp_path / "run"), "--baseline", str(tmp_path / "base")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "correct_adv" in err and "Traceback" not in err
