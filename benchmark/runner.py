@@ -85,8 +85,8 @@ def run_suite(suite: Suite | str | Path, out: str | Path | None = None, *, devic
                "plan": suite.plan(), "data": data.identity, "device": env.device_name(torch_device),
                "versions": ctx.versions, "git_commit": env.git_commit(), "models": ctx.model_info,
                "reference": suite.reference, "classes": data.classes, "cells": rows}
+    examples.write(out / examples.FILE, jobs, outcomes)  # first: a results.json always has its examples
     atomic_json(out / "results.json", results)
-    examples.write(out / examples.FILE, jobs, outcomes)
     ctx.timed("total", time.perf_counter() - started)
     atomic_json(out / "run.json", {"timings_s": ctx.timings, "device": env.device_name(torch_device),
                                    "suite_hash": suite.hash})
