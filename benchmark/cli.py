@@ -39,9 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="regression gate: compare a run's accuracies and ratios with a baseline")
     check.add_argument("run_dir")
-    check.add_argument("--baseline", required=True, help="a results.json to compare with")
-    check.add_argument("--z", type=float, default=3.0, help="tolerance in binomial standard errors (default 3)")
-    check.add_argument("--tolerance", type=float, help="fixed absolute tolerance instead (e.g. 0.02)")
+    check.add_argument("--baseline", required=True,
+                       help="a results.json, or a run folder (with examples.csv: tested per image)")
+    check.add_argument("--alpha", type=float, default=0.01,
+                       help="significance level of a drop (default 0.01; McNemar exact paired, else Fisher exact)")
+    check.add_argument("--tolerance", type=float, help="fixed absolute bound on a drop instead (e.g. 0.02)")
+    check.add_argument("--either-way", action="store_true", help="also fail significant rises")
 
     perf = sub.add_parser("perf", help="throughput of training and attacks on this machine, as a table")
     perf.add_argument("--device", default="auto")
@@ -101,7 +104,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "check":
         from benchmark import check
 
-        return check.main(Path(args.run_dir), Path(args.baseline), z=args.z, tolerance=args.tolerance)
+        return check.main(Path(args.run_dir), Path(args.baseline), alpha=args.alpha, tolerance=args.tolerance,
+                          either_way=args.either_way)
     if args.command == "perf":
         from benchmark import perf
 

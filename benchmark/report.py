@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from benchmark import examples as examples_csv
+from benchmark import stats
 from benchmark.errors import UserError
 from benchmark.store import atomic_write
 
@@ -76,7 +78,7 @@ def _fmt(v: float | None, digits: int = 2) -> str:
     return "" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
 
 
-def paper_tables(results: dict, means: pd.DataFrame) -> list[str]:
+def paper_tables(results: dict, means: pd.DataFrame, intervals: pd.DataFrame | None = None) -> list[str]:
     reference = results.get("reference") or {}
     ref_sizes = reference.get("sizes", [])
     sizes = sorted(means["size"].unique())
@@ -88,6 +90,8 @@ def paper_tables(results: dict, means: pd.DataFrame) -> list[str]:
             ref = _reference_cell(reference, model, attack)
             for kind, col, sd in (("ORIG", "orig_acc", "orig_sd"), ("ADV", "adv_acc", "adv_sd")):
                 rows.append([attack, kind] + [_mean_sd(sel.at[s, col], sel.at[s, sd]) for s in sizes])
+                if intervals is not None:
+                    rows.append(["", f"{kind} 95% CI"] + interval_cells(intervals, model, attack, kind, sizes))
                 if ref is not None:
                     paper = {s: v for s, v in zip(ref_sizes, ref[kind.lower()])}
                     rows.append(["", f"{kind} paper"] + [_fmt(paper.get(s)) for s in sizes])
@@ -96,15 +100,16 @@ def paper_tables(results: dict, means: pd.DataFrame) -> list[str]:
         seeds = int(means.loc[means["model"] == model, "seeds"].max())
         source = f"; paper rows from {reference['source']}" if reference.get("source") else ""
         spread = " ± sample sd (n - 1 in the denominator)" if seeds > 1 else ""
+        ci = "; 95% CI: " + ("Wilson" if seeds == 1 else "bootstrap over images") if intervals is not None else ""
         out.append(f"### {model}\n\nAccuracy (%) on original (ORIG) and adversarial (ADV) images, mean{spread} over "
-                   f"{seeds} seed(s){source}.\n")
+                   f"{seeds} seed(s){ci}{source}.\n")
         out.append(tabulate(rows, headers=["attack", ""] + [f"{s} images" for s in sizes], tablefmt="github",
                             disable_numparse=True))
         out.append("")
     return out
 
 
-def ratio_table(results: dict, means: pd.DataFrame) -> list[str]:
+def ratio_table(results: dict, means: pd.DataFrame, reps: dict | None = None) -> list[str]:
     reference = results.get("reference") or {}
     rows = []
     for _, r in paper_ratio(means).iterrows():
@@ -116,8 +121,11 @@ def ratio_table(results: dict, means: pd.DataFrame) -> list[str]:
             from_tables = float(np.mean([a / o for a, o in zip(ref["adv"], ref["orig"])]))
         rows.append([r["model"], r["attack"], _fmt(r["ratio"], 3), _fmt(stated, 2), _fmt(from_tables, 3),
                      f"{r['ratio'] - from_tables:+.3f}" if from_tables is not None else ""])
-    return [tabulate(rows, headers=["model", "attack", "ADV/ORIG measured", "paper (stated)",
-                                    "paper (from its tables)", "Δ"], tablefmt="github", disable_numparse=True)]
+        if reps is not None:
+            rows[-1].insert(3, _interval(*stats.summary(reps[(r["model"], r["attack"])].ratio)[1:], 3))
+    ci = ["95% CI"] if reps is not None else []
+    return [tabulate(rows, headers=["model", "attack", "ADV/ORIG measured"] + ci + [
+        "paper (stated)", "paper (from its tables)", "Δ"], tablefmt="github", disable_numparse=True)]
 
 
 def agreement_table(means: pd.DataFrame) -> list[str]:
@@ -242,6 +250,102 @@ def comparison(results: dict, means: pd.DataFrame, other: dict) -> list[str]:
                      tablefmt="github", disable_numparse=True), ""]
 
 
+def _interval(lo: float, hi: float, digits: int = 1) -> str:
+    return "" if np.isnan(lo) or np.isnan(hi) else f"[{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def interval_cells(intervals: pd.DataFrame, model: str, attack: str, kind: str, sizes) -> list[str]:
+    """The '[lo, hi]' strings of one table row (%)."""
+    sel = intervals[(intervals["model"] == model) & (intervals["attack"] == attack)
+                    & (intervals["kind"] == kind)].set_index("size")
+    return [_interval(sel.at[s, "lo"], sel.at[s, "hi"]) if s in sel.index else "" for s in sizes]
+
+
+def _verdict_rows(results: dict, reps: dict) -> pd.DataFrame:
+    table = stats.claims_frame(results, reps)
+    digits = table["unit"].map({"ratio": 3, "points": 1})
+    table["measured"] = [f"{v:.{d}f} {_interval(lo, hi, d)}" if not np.isnan(v) else ""
+                         for v, lo, hi, d in zip(table["value"], table["lo"], table["hi"], digits)]
+    table["paper value"] = [f"{v:.{d}f} ({src})" for v, d, src in zip(table["paper"], digits, table["source"])]
+    table["verdict"] = [f"{v}; ours {sign}" if sign else v for v, sign in zip(table["verdict"], table["sign"])]
+    return table
+
+
+def verdicts(results: dict, reps: dict, against: dict | None = None) -> list[str]:
+    """Each claim of the paper: its value, ours with a 95% interval, and a verdict (stats.verdict); with
+    `against`, the other run's beside it, claims matched by text and the cell that measures them."""
+    if not (results.get("reference") or {}).get("tables"):
+        return []
+    mine = _verdict_rows(results, reps)
+    headers = ["claim", "paper value", "measured in", "ours [95% CI]", "verdict"]
+    rows = mine[["claim", "paper value", "ours", "measured", "verdict"]]
+    if against is not None and (against.get("reference") or {}).get("tables"):
+        theirs = _verdict_rows(against, stats.replicates_of(against))[["claim", "ours", "measured", "verdict"]]
+        # claims (in the paper's names) match across runs; cells by name where both measure them
+        order = list(dict.fromkeys(list(mine["claim"]) + list(theirs["claim"])))
+        rows = rows.merge(theirs, on=["claim", "ours"], how="outer", suffixes=("", "_other"))
+        rows = rows.sort_values("claim", key=lambda c: c.map(order.index), kind="stable")
+        this, that = results.get("suite_name"), against.get("suite_name")
+        headers = ["claim", "paper value", "measured in", f"{this} [95% CI]", f"verdict {this}",
+                   f"{that} [95% CI]", f"verdict {that}"]
+        rows = rows.assign(**{"paper value": rows["paper value"].fillna(
+            rows["claim"].map(dict(zip(mine["claim"], mine["paper value"]))))}).fillna("")
+    threshold = ", ".join(f"{unit} {width:g}" for unit, width in stats.TOO_WIDE.items())
+    return ["## Verdicts against the paper\n",
+            f"Reproduced: the paper's value lies inside our 95% interval and the interval is no wider than "
+            f"{threshold} (its unit); inconclusive: inside, but wider; contradicted: outside, and in which "
+            f"direction. Ratios are the paper's (mean over sizes of ADV/ORIG on seed means); intervals are "
+            f"percentile bootstraps over images ({stats.REPLICATES} replicates, numpy seed "
+            f"{stats.BOOTSTRAP_SEED}); differences between two models are bootstrapped unpaired here and paired "
+            f"per image below where examples.csv is at hand. Stated ratios are rounded to 2 decimals in the "
+            f"paper.\n",
+            tabulate(rows.values.tolist(), headers=headers, tablefmt="github", disable_numparse=True), ""]
+
+
+def per_example_sections(results: dict, examples: pd.DataFrame | None) -> list[str]:
+    """Worst case over the attacks and paired tests against parents: both need examples.csv."""
+    if examples is None:
+        return ["## Worst case over attacks; paired tests\n",
+                "Need per-image results (examples.csv beside results.json, written by every run since it "
+                "was introduced); this run has none.", ""]
+    return worst_case_section(results, examples) + paired_section(results, examples)
+
+
+def worst_case_section(results: dict, examples: pd.DataFrame) -> list[str]:
+    attacks = list(dict.fromkeys(examples["attack"]))
+    table = stats.worst_case(examples, attacks)
+    rows = []
+    for model, group in table.groupby("model", sort=False):
+        g = group.set_index("column")
+        rows.append([model] + [f"{g.at[c, 'acc']:.2f} {_interval(g.at[c, 'lo'], g.at[c, 'hi'])}"
+                               if c in g.index else "" for c in attacks + ["all attacks"]])
+    size = int(examples["position"].max()) + 1
+    return ["## Worst case over attacks\n",
+            f"Accuracy (%) on {size} images per seed, mean over {examples['seed'].nunique()} seed(s), with 95% "
+            "intervals: under each attack, and under all of them at once (an image counts only if classified "
+            "correctly originally and after every attack: AutoAttack's and RobustBench's convention). The same "
+            "images per seed for every attack.\n",
+            tabulate(rows, headers=["model"] + attacks + ["all attacks"], tablefmt="github",
+                     disable_numparse=True), ""]
+
+
+def paired_section(results: dict, examples: pd.DataFrame) -> list[str]:
+    table = stats.paired_against_parents(examples, dict(stats.iter_parents(results)))
+    if table.empty:
+        return []
+    rows = [[r["model"], r["parent"], r["attack"], r["n"], f"{r['acc_a']:.2f}", f"{r['acc_b']:.2f}",
+             f"{r['diff']:+.2f} {_interval(r['lo'], r['hi'], 2)}", r["a_only"], r["b_only"], f"{r['p']:.3g}"]
+            for _, r in table.iterrows()]
+    return ["## Paired tests: fine-tuned model against its parent\n",
+            "On the same images (largest size, each test image once: seeds' subsets overlap), correct under "
+            "the attack (clean: on the originals). Δ = model - parent in points with its paired bootstrap 95% "
+            "interval; 'model only' / 'parent only': images only that one gets right; p: McNemar's exact test "
+            "(two-sided).\n",
+            tabulate(rows, headers=["model", "parent", "attack", "images", "model %", "parent %", "Δ [95% CI]",
+                                    "model only", "parent only", "p"], tablefmt="github", disable_numparse=True),
+            ""]
+
+
 def environment(results: dict, run_dir: Path) -> list[str]:
     data = results.get("data", {})
     v = results.get("versions", {})
@@ -332,11 +436,14 @@ def render(results: dict, run_dir: Path, *, against: dict | None = None, with_fi
     parts = [f"# {results.get('suite_name')}: adversarial fine-tuning transfer report", "",
              f"Data: **{data.get('description')}**. Profile: **{results.get('profile')}**.", "",
              "## Tables as in the paper", ""]
-    parts += paper_tables(results, means)
-    parts += ["## ADV/ORIG ratio", ""] + ratio_table(results, means) + [""]
+    reps = stats.replicates_of(results)
+    parts += paper_tables(results, means, stats.accuracy_intervals(reps))
+    parts += ["## ADV/ORIG ratio", ""] + ratio_table(results, means, reps) + [""]
+    parts += verdicts(results, reps, against)
     parts += ["## Attacks side by side (cross-toolkit agreement)", ""] + agreement_table(means) + [""]
     parts += clamp_ablation(results, frame, means)
     parts += finetune_images(results, frame) + departures(results) + batch_dependence(frame)
+    parts += per_example_sections(results, examples_csv.load(run_dir))
     if against is not None:
         parts += comparison(results, means, against)
     if with_figures:

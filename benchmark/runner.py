@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from adapters import get_attack
 from benchmark import data as datasets
-from benchmark import env, evaluate, fingerprint, models, report, train
+from benchmark import env, evaluate, examples, fingerprint, models, report, train
 from benchmark.errors import UserError
 from benchmark.store import Store, atomic_json, tensors_hash
 from benchmark.suite import AttackSpec, ModelSpec, Suite, digest, load
@@ -99,6 +99,7 @@ def run_suite(suite: Suite | str | Path, out: str | Path | None = None, *, devic
                "plan": suite.plan(), "data": data.identity, "device": env.device_name(torch_device),
                "versions": ctx.versions, "git_commit": env.git_commit(), "models": ctx.model_info,
                "reference": suite.reference, "classes": data.classes, "cells": rows}
+    examples.write(out / examples.FILE, jobs, outcomes)  # first: a results.json always has its examples
     atomic_json(out / "results.json", results)
     ctx.timed("total", time.perf_counter() - started)
     atomic_json(out / "run.json", {"timings_s": ctx.timings, "device": env.device_name(torch_device),

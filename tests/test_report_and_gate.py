@@ -64,9 +64,10 @@ def test_gate_passes_unchanged_and_fails_a_planted_ten_point_drop(tmp_path, caps
     assert main(["check", str(run), "--baseline", str(FIXTURE)]) == 1
     out = capsys.readouterr().out
     assert re.search(r"\| base +\| fgsm +\| +100 \| adv_acc", out)
+    assert re.search(r"adv_acc +\| +0\.17 \| +0\.07 \| +-0\.1 \| +0\.00\d+ \| +200 \| Fisher exact", out)
     table = check.compare(_planted(results), results)
-    assert set(table.loc[~table["ok"], "metric"]) == {"adv_acc", "ratio"}
-    assert len(table.loc[~table["ok"]].groupby(["model", "attack", "size"])) == 1
+    assert set(table.loc[table["regression"], "metric"]) == {"adv_acc"}
+    assert len(table.loc[table["regression"]].groupby(["model", "attack", "size"])) == 1
 
 
 def test_gate_bad_input_exits_2(tmp_path, capsys):
@@ -76,7 +77,7 @@ def test_gate_bad_input_exits_2(tmp_path, capsys):
     assert main(["check", str(run), "--baseline", str(tmp_path / "none.json")]) == 2
     (tmp_path / "junk.json").write_text("{not json")
     assert main(["check", str(run), "--baseline", str(tmp_path / "junk.json")]) == 2
-    assert main(["check", str(run), "--baseline", str(FIXTURE), "--z", "0"]) == 2
+    assert main(["check", str(run), "--baseline", str(FIXTURE), "--alpha", "0"]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 3 and "Traceback" not in err
 

@@ -1,0 +1,73 @@
+"""Per-example results: `examples.csv` beside results.json, one row per attacked image at the largest size.
+
+Columns: model, attack, attack_family, seed, position (0-based place in the seed's evaluation order; size s is
+positions < s), index (into the test split), label, pred_orig, pred_adv, correct_orig, correct_adv, and the
+perturbation's l0 (changed pixel-channels), l2 and linf in pixel space ([0,1] images). Every accuracy cell of
+results.json is the mean of `correct_orig` or `correct_adv` over positions < size of one (model, attack, seed).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from benchmark.errors import UserError
+from benchmark.store import atomic_write
+
+FILE = "examples.csv"
+COLUMNS = ["model", "attack", "attack_family", "seed", "position", "index", "label", "pred_orig", "pred_adv",
+           "correct_orig", "correct_adv", "l0", "l2", "linf"]
+
+
+def frame(jobs: Iterable, outcomes: Iterable[dict]) -> pd.DataFrame:
+    """One row per image of each evaluation; `jobs` are runner.Evaluation (model, attack spec, seed) and
+    `outcomes` the per-image lists evaluate.run_evaluation returns, with the evaluated `indices`."""
+    parts = []
+    for job, outcome in zip(jobs, outcomes):
+        n = len(outcome["label"])
+        part = pd.DataFrame({"position": range(n), "index": outcome["indices"][:n], "label": outcome["label"],
+                             "pred_orig": outcome["orig_pred"], "pred_adv": outcome["adv_pred"],
+                             "l0": outcome["l0"], "l2": outcome["l2"], "linf": outcome["linf"]})
+        part.insert(0, "seed", job.seed)
+        part.insert(0, "attack_family", job.attack.family)
+        part.insert(0, "attack", job.attack.name)
+        part.insert(0, "model", job.model)
+        parts.append(part)
+    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
+    out["correct_orig"] = out["pred_orig"] == out["label"]
+    out["correct_adv"] = out["pred_adv"] == out["label"]
+    return out[COLUMNS]
+
+
+def write(path: Path, jobs: Iterable, outcomes: Iterable[dict]) -> pd.DataFrame:
+    """Build the frame and write it atomically as CSV to `path`."""
+    table = frame(jobs, outcomes)
+    atomic_write(Path(path), table.to_csv(index=False).encode())
+    return table
+
+
+def load(run_dir: Path) -> pd.DataFrame | None:
+    """The examples of a run folder (or None where the run predates them); bad files are a UserError."""
+    path = Path(run_dir) / FILE
+    if not path.is_file():
+        return None
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not a readable CSV ({exc})") from None
+    missing = [c for c in COLUMNS if c not in table.columns]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)}")
+    return table
+
+
+def accuracies(table: pd.DataFrame, sizes: Iterable[int]) -> pd.DataFrame:
+    """orig_acc and adv_acc per (model, attack, seed, size), recomputed from the examples."""
+    rows = []
+    for size in sizes:
+        head = table[table["position"] < size]
+        acc = head.groupby(["model", "attack", "seed"], sort=False)[["correct_orig", "correct_adv"]].mean()
+        rows.append(acc.rename(columns={"correct_orig": "orig_acc", "correct_adv": "adv_acc"})
+                    .assign(size=size).reset_index())
+    return pd.concat(rows, ignore_index=True)
