@@ -254,3 +254,16 @@ def details(name: str) -> str:
     head = f"{name}: {threat_model(name, params)}"
     return head + "\n\n" + tabulate(rows, headers=["parameter", "default", ""], tablefmt="simple",
                                     disable_numparse=True, maxcolwidths=[None, 30, 50])
+
+
+def culprit(name: str, params: dict[str, Any], seconds: float = 1.0) -> str | None:
+    """The one parameter of a failing attack whose default instead lets it through a trial, or None."""
+    from adapters import get_attack
+
+    for key in params:
+        try:
+            trial(get_attack(name, **{k: v for k, v in params.items() if k != key}), seconds)
+        except Exception:  # noqa: BLE001  (still failing: not this parameter alone)
+            continue
+        return key
+    return None

@@ -233,7 +233,7 @@ def _typed(entry: dict, types: dict[str, type], where: str, fail) -> None:
 
 def _attacks(table: dict, fail) -> dict[str, AttackSpec]:
     from adapters import get_attack
-    from adapters.catalog import describe_failure, trial
+    from adapters.catalog import culprit, describe_failure, trial
 
     out: dict[str, AttackSpec] = {}
     for name, entry in table.items():
@@ -261,9 +261,11 @@ def _attacks(table: dict, fail) -> dict[str, AttackSpec]:
             try:  # the toolkit's own type and value checks fire only when it runs
                 trial(attack)
             except Exception as exc:  # noqa: BLE001  (whatever a toolkit raises on these parameters)
-                where = name if sweep is None else f"{name} ({sweep[0]} = {sweep[1]!r})"
-                raise fail(f"attacks.{where}: {entry['adapter']} fails on a stand-in classifier with these "
-                           f"parameters: {describe_failure(exc)}") from None
+                key = culprit(entry["adapter"], concrete)
+                what = (f"{key} = {concrete[key]!r} ({type(concrete[key]).__name__}) is refused by" if key else
+                        "these parameters fail in")
+                raise fail(f"attacks.{name}: {what} {entry['adapter']} on a stand-in classifier: "
+                           f"{describe_failure(exc)}") from None
             full = name if sweep is None else f"{name}@{sweep[0]}={sweep[1]}"
             if full in out:
                 raise fail(f"attacks.{name}: expands to {full!r}, which another attack is already called")

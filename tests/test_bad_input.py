@@ -29,8 +29,12 @@ def _refused(capsys, argv, message):
 
 
 SUITE_CASES = [
-    ("string eps, torchattacks", lambda s: s.replace("eps = 0.02", 'eps = "0.02"'), "fails on a stand-in"),
-    ("string eps, ART", lambda s: s + ART_PGD, "attacks.pgd: art.ProjectedGradientDescent fails on a stand-in"),
+    ("string eps, torchattacks", lambda s: s.replace("eps = 0.02", 'eps = "0.02"'),
+     "attacks.fgsm: eps = '0.02' (str) is refused by torchattacks.FGSM"),
+    ("string eps, ART", lambda s: s + ART_PGD, "attacks.pgd: eps = '0.01' (str) is refused by art.ProjectedGradient"),
+    ("float steps, torchattacks",
+     lambda s: s.replace('"torchattacks.FGSM"\neps = 0.02', '"torchattacks.PGD"\nsteps = 2.5'),
+     "steps = 2.5 (float) is refused by torchattacks.PGD"),
     ("string gamma, jsma-origin", lambda s: s.replace("gamma = 0.01", 'gamma = "0.01"'), "gamma must be int or float"),
     ("float top_k, jsma-origin", lambda s: s.replace("gamma = 0.01", "top_k = 2.5"), "top_k must be int"),
     ("repeated matrix model", lambda s: s.replace('models = ["base", "aft-fgsm"]', 'models = ["base", "base"]'),
