@@ -33,14 +33,8 @@ def get_attack(name: str, **params: Any) -> Attack:
 
 
 def list_attacks() -> dict[str, dict[str, Any]]:
-    """Every attack name with its parameters and defaults (`space` and `seed` apply to all)."""
-    from adapters import via_art, via_torchattacks
-    from adapters.jsma_origin import PARAMETERS
+    """Every attack that runs here, with its parameters and defaults (`space` and `seed` apply to all); see
+    adapters.catalog."""
+    from adapters.catalog import runnable
 
-    out: dict[str, dict[str, Any]] = {"jsma-origin": dict(PARAMETERS)}
-    common = {"space": "pixel", "seed": 0}
-    for cls_name in sorted(via_torchattacks.classes()):
-        out[f"torchattacks.{cls_name}"] = {**via_torchattacks.parameters(cls_name), **common}
-    for cls_name in sorted(via_art.classes()):
-        out[f"art.{cls_name}"] = {**via_art.parameters(cls_name), **common}
-    return out
+    return {name: dict(params) for name, params in runnable().items()}

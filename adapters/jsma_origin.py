@@ -32,6 +32,8 @@ from adapters.base import Attack, check_params
 MODES = ("iterative", "paper-code")
 PARAMETERS = {"mode": "iterative", "theta": 1.0, "gamma": 0.1, "top_k": 32, "max_steps": None, "batch_size": None,
               "eps": 0.01, "space": None, "seed": 0}
+TYPES = {"mode": (str,), "theta": (int, float), "gamma": (int, float), "top_k": (int,), "max_steps": (int, type(None)),
+         "batch_size": (int, type(None)), "eps": (int, float), "space": (str, type(None)), "seed": (int,)}
 
 
 class JsmaOrigin(Attack):
@@ -40,6 +42,13 @@ class JsmaOrigin(Attack):
     def __init__(self, *, mode: str = "iterative", theta: float = 1.0, gamma: float = 0.1, top_k: int = 32,
                  max_steps: int | None = None, batch_size: int | None = None, eps: float = 0.01,
                  space: str | None = None, seed: int = 0):
+        given = {"mode": mode, "theta": theta, "gamma": gamma, "top_k": top_k, "max_steps": max_steps,
+                 "batch_size": batch_size, "eps": eps, "space": space, "seed": seed}
+        for key, value in given.items():
+            kinds = TYPES[key]
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                names = " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
+                raise ValueError(f"jsma-origin: {key} must be {names}, got {value!r}")
         if mode not in MODES:
             raise ValueError(f"jsma-origin: mode must be one of {', '.join(MODES)}, got {mode!r}")
         space = space or ("normalized" if mode == "paper-code" else "pixel")

@@ -9,6 +9,7 @@ per image too, and the global RNG is seeded and restored around each call (adapt
 fallback draws them from numpy's global RNG, which no seed of ours controls. Other attacks get the true labels
 (untargeted) unless `targets` is set, which also sets their `targeted=True`.
 `batch_size` defaults to the whole batch handed in (ART's default of 1 is slow); progress bars are off.
+Refused by name (`unsupported`): ART classes that are not evasion attacks on a PyTorch image classifier.
 """
 from __future__ import annotations
 
@@ -24,6 +25,18 @@ from adapters.rng import image_generators
 TARGET_RULES = ("random", "next", "least-likely")
 HOW_NOT_WHAT = ("batch_size", "summary_writer")  # change speed or logging, not the adversarial images
 ALWAYS_TARGETED = ("SaliencyMapMethod",)
+# Evasion classes whose `generate` does not return adversarial versions of the images it is given (why a table:
+# ART marks this nowhere); the estimator type each class requires is checked from ART's own metadata.
+NOT_IMAGE_EVASION = {
+    **dict.fromkeys(("AdversarialPatch", "AdversarialPatchNumpy", "AdversarialPatchPyTorch", "DPatch",
+                     "RobustDPatch", "AdversarialTexturePyTorch"), "makes a patch, not adversarial images"),
+    **dict.fromkeys(("FeatureAdversariesNumpy", "FeatureAdversariesPyTorch"),
+                    "matches another image's features and needs guide images"),
+    **dict.fromkeys(("OverTheAirFlickeringPyTorch", "FrameSaliencyAttack"), "attacks video classifiers"),
+    **dict.fromkeys(("LowProFool", "DecisionTreeAttack", "HighConfidenceLowUncertainty"),
+                    "attacks tabular or non-neural classifiers"),
+    "MalwareGDTensorFlow": "attacks malware classifiers",
+}
 
 
 def classes() -> dict[str, type]:
@@ -34,8 +47,27 @@ def classes() -> dict[str, type]:
             if isinstance(obj, type) and issubclass(obj, EvasionAttack) and obj is not EvasionAttack}
 
 
+def unsupported(cls_name: str) -> str | None:
+    """Why ART's `cls_name` cannot run through this adapter, or None when it can."""
+    from art.estimators.classification import PyTorchClassifier
+
+    if "TensorFlow" in cls_name:
+        return "needs TensorFlow"
+    if cls_name in NOT_IMAGE_EVASION:
+        return NOT_IMAGE_EVASION[cls_name]
+    for need in getattr(classes()[cls_name], "_estimator_requirements", ()):
+        options = need if isinstance(need, tuple) else (need,)
+        if not any(isinstance(o, type) and issubclass(PyTorchClassifier, o) for o in options):
+            return f"needs a {options[0].__name__} estimator, not an image classifier"
+    return None
+
+
 def parameters(cls_name: str) -> dict[str, Any]:
+    """ART's parameters and defaults for `cls_name`, as this adapter applies them (batch_size None: the whole
+    batch handed in)."""
     own = signature_defaults(classes()[cls_name].__init__, skip=("self", "classifier", "estimator", "verbose"))
+    if "batch_size" in own:
+        own["batch_size"] = None
     default_rule = "random" if cls_name in ALWAYS_TARGETED else None
     return {**own, "targets": default_rule}
 
@@ -60,6 +92,9 @@ class ArtAttack(Attack):
         known = classes()
         if cls_name not in known:
             raise ValueError(f"unknown ART evasion attack {cls_name!r}; valid: {', '.join(sorted(known))}")
+        why = unsupported(cls_name)
+        if why:
+            raise ValueError(f"{self.name} cannot run here: it {why}")
         super().__init__(space=space, seed=seed)
         valid = parameters(cls_name)
         check_params(self.name, params, valid)

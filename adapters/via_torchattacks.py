@@ -4,6 +4,8 @@ Distance measure, epsilon and defaults are torchattacks' own (FGSM: Linf, eps in
 default 8/255, output clamped to [0,1]). Parameters are forwarded unchanged. We never call
 `set_normalization_used`: our models normalize inside, so torchattacks sees the [0,1] images it expects.
 `space="normalized"` needs torchattacks >= 3.5: older versions reject inputs outside [0,1].
+`n_classes` (APGDT, FAB, AutoAttack) is the model's output width, read on each call; a toolkit `seed` that
+defaults to None (AutoAttack: a time-based draw) gets our `seed`.
 """
 from __future__ import annotations
 
@@ -31,11 +33,11 @@ def classes() -> dict[str, type]:
     ta = _module()
     return {name: getattr(ta, name) for name in getattr(ta, "__all__", dir(ta))
             if isinstance(getattr(ta, name, None), type) and issubclass(getattr(ta, name), ta.attack.Attack)
-            and name not in ("Attack", "MultiAttack", "VANILA", "LGV", "AutoAttack")}
+            and name not in ("Attack", "MultiAttack", "VANILA", "LGV")}
 
 
 def parameters(cls_name: str) -> dict[str, Any]:
-    return signature_defaults(classes()[cls_name].__init__, skip=("self", "model"))
+    return signature_defaults(classes()[cls_name].__init__, skip=("self", "model", "n_classes"))
 
 
 class TorchattacksAttack(Attack):
@@ -52,7 +54,17 @@ class TorchattacksAttack(Attack):
         self.cls, self.params, self.defaults = known[cls_name], params, parameters(cls_name)
 
     def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, **_) -> torch.Tensor:
-        return self.cls(model, **self.params)(images, labels)
+        return self.cls(model, **self.params, **self._from_model(model, images))(images, labels)
+
+    def _from_model(self, model: nn.Module, images: torch.Tensor) -> dict[str, Any]:
+        own = signature_defaults(self.cls.__init__, skip=("self", "model"))
+        extra: dict[str, Any] = {}
+        if "n_classes" in own:
+            with torch.no_grad():
+                extra["n_classes"] = int(model(images[:1]).shape[1])
+        if own.get("seed", 0) is None:
+            extra["seed"] = self.seed
+        return extra
 
     def describe(self) -> dict[str, Any]:
         return {**self.defaults, **self.params, **super().describe()}

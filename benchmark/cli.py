@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a suite and print its expanded plan; runs nothing")
     validate.add_argument("suite")
 
-    sub.add_parser("attacks", help="list every attack with its parameters and defaults")
+    attacks = sub.add_parser("attacks", help="list the attacks that run here; with NAME, that attack's parameters")
+    attacks.add_argument("name", nargs="?", help="e.g. torchattacks.PGD: every parameter, its default, if required")
 
     rep = sub.add_parser("report", help="(re)write report.md and figures for a finished run")
     rep.add_argument("run_dir")
@@ -75,12 +76,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(json.dumps(load(args.suite).plan(), indent=2))
         return 0
     if args.command == "attacks":
-        from tabulate import tabulate
+        from adapters import catalog
 
-        from adapters import list_attacks
-
-        rows = [(name, ", ".join(f"{k}={v!r}" for k, v in params.items())) for name, params in list_attacks().items()]
-        print(tabulate(rows, headers=["attack", "parameters (defaults)"], tablefmt="github"))
+        try:
+            print(catalog.details(args.name) if args.name else catalog.listing())
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
         return 0
     if args.command == "run":
         from tabulate import tabulate

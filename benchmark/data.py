@@ -24,6 +24,7 @@ CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 SOURCES = ("cifar10", "folder", "synthetic")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+SYNTHETIC_SIZE = (5000, 2000)  # train, test: the synthetic source's default
 
 
 def cache_dir() -> Path:
@@ -46,7 +47,7 @@ class Dataset:
                        self.classes, self.identity)
 
 
-def load(source: str, path: str | os.PathLike | None = None, *, synthetic_size: tuple[int, int] = (5000, 2000)
+def load(source: str, path: str | os.PathLike | None = None, *, synthetic_size: tuple[int, int] = SYNTHETIC_SIZE
          ) -> Dataset:
     """Load a data source. `path` (the CLI's --data-dir or $BENCH_DATA_DIR) may name an image folder or its
     .tar.gz, which then stands in for CIFAR-10 (the offline JPEG copy is used this way)."""
@@ -58,7 +59,12 @@ def load(source: str, path: str | os.PathLike | None = None, *, synthetic_size: 
     if path is not None and Path(path).name.endswith(ARCHIVE_SUFFIXES) and not Path(path).is_file():
         raise UserError(f"data archive {path} does not exist")
     if path is not None and _is_image_folder(Path(path)):
-        return image_folder(path)
+        data = image_folder(path)
+        if source == "cifar10" and sorted(data.classes) != sorted(CIFAR10_CLASSES):
+            found = ", ".join(data.classes[:4]) + (", ..." if len(data.classes) > 4 else "")
+            raise UserError(f"{path}: source 'cifar10' needs the 10 CIFAR-10 classes as folders, found "
+                            f"{len(data.classes)} ({found}); for other images use source = \"folder\"")
+        return data
     if source == "folder":
         raise UserError(f"data source 'folder' needs an image folder or .tar.gz with train/<class>/ and "
                         f"test/<class>/; got {path!r} (pass --data-dir PATH)")
@@ -163,7 +169,10 @@ def _decode(path: Path) -> dict[str, np.ndarray]:
         images, labels = [], []
         for label, cls in enumerate(classes):
             for name, blob in sorted(by_class[cls]):
-                img = Image.open(io.BytesIO(blob)).convert("RGB")
+                try:
+                    img = Image.open(io.BytesIO(blob)).convert("RGB")
+                except (OSError, SyntaxError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+                    raise UserError(f"{path}: cannot decode image {name} ({type(exc).__name__})") from None
                 images.append(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
                 labels.append(label)
                 suffixes.add(Path(name).suffix.lower())

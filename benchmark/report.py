@@ -7,6 +7,7 @@ the ratio of a model and attack is the mean over sizes of ADV / ORIG, taken on t
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -379,6 +380,8 @@ def figures(results: dict, frame: pd.DataFrame, means: pd.DataFrame, run_dir: Pa
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    # A name in a script the font lacks is drawn as boxes; matplotlib's warning per glyph would flood stderr.
+    warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from", category=UserWarning)
 
     fig_dir = Path(run_dir) / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)

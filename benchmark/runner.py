@@ -30,10 +30,9 @@ from tqdm.auto import tqdm
 
 from adapters import get_attack
 from benchmark import data as datasets
-from benchmark import env, evaluate, examples, fingerprint, models, report, train
-from benchmark.errors import UserError
+from benchmark import env, evaluate, examples, fingerprint, models, preflight, report, train
 from benchmark.store import Store, atomic_json, tensors_hash
-from benchmark.suite import AttackSpec, ModelSpec, Suite, digest, load
+from benchmark.suite import AttackSpec, ModelSpec, Suite, check_sizes, digest, load
 from benchmark.train import Checkpoint, Schedule, fit, predict
 
 
@@ -85,8 +84,10 @@ def run_suite(suite: Suite | str | Path, out: str | Path | None = None, *, devic
     suite = suite if isinstance(suite, Suite) else load(suite)
     out = Path(out) if out is not None else Path("runs") / suite.name
     torch_device = env.resolve_device(device)
+    preflight.check_writable(out)
     started = time.perf_counter()
     data = prepare_data(suite, data_dir)
+    _claim = preflight.Claim(out)  # held until this call returns: a second run on `out` refuses meanwhile
     ctx = Context(suite, data.to(torch_device), torch_device, Store(out / "artefacts"),
                   env.versions())
     ctx.timed("data", time.perf_counter() - started)
@@ -118,21 +119,8 @@ def prepare_data(suite: Suite, data_dir) -> datasets.Dataset:
     # as they were recomputes nothing, and one that changes them recomputes everything.
     data.identity = {**data.identity, "pixels": tensors_hash({"train_x": data.train_x, "train_y": data.train_y,
                                                               "test_x": data.test_x, "test_y": data.test_y})[:24]}
-    n_test = len(data.test_y)
-    if max(suite.sizes) > n_test:
-        raise UserError(f"{suite.path}: evaluation size {max(suite.sizes)} exceeds the test split ({n_test} images)")
-    for spec in suite.models.values():
-        if spec.parent is not None:
-            held = (root_of(suite, spec.name).entry["early_stop"] or {}).get("val_size", 0)
-            pool = len(data.train_y) - held if spec.entry["split"] == "train" else n_test
-            if spec.entry["images"] > pool:
-                raise UserError(f"{suite.path}: models.{spec.name}.images = {spec.entry['images']} exceeds the "
-                                f"{spec.entry['split']} split less the base model's validation images "
-                                f"({pool} images)")
-        elif ((spec.entry["early_stop"] or {}).get("val_size", 0) + (spec.entry["train_images"] or 1)
-              > len(data.train_y)):
-            raise UserError(f"{suite.path}: models.{spec.name}: early_stop.val_size + train_images exceed the "
-                            f"training split ({len(data.train_y)} images)")
+    check_sizes(suite, len(data.train_y), len(data.test_y))
+    preflight.check_models(suite, data)
     return data
 
 
@@ -217,10 +205,7 @@ def train_base(ctx: Context, spec: ModelSpec, key: str) -> dict:
 
 
 def root_of(suite: Suite, name: str) -> ModelSpec:
-    spec = suite.models[name]
-    while spec.parent is not None:
-        spec = suite.models[spec.parent]
-    return spec
+    return suite.root(name)
 
 
 def finetune_sample(suite: Suite, spec: ModelSpec, n_train: int, n_test: int) -> tuple[torch.Tensor, dict]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmark.data import SOURCES
+from benchmark.data import SOURCES, SYNTHETIC_SIZE
 from benchmark.errors import UserError
 from benchmark.models import ARCHITECTURES
 from benchmark.train import SCHEDULES
@@ -22,6 +22,9 @@ from benchmark.train import SCHEDULES
 SCHEMA = 1
 TOP_KEYS = {"schema", "name", "description", "profile", "data", "models", "attacks", "matrix", "evaluation",
             "reference"}
+TOP_TYPES = {"name": str, "description": str, "profile": str}
+# Split sizes (train, test) of the sources whose size is known before loading them.
+KNOWN_SPLITS = {"cifar10": (50000, 10000)}
 PROFILES = ("paper", "paper-code", "custom")
 BASE_KEYS = {"arch": str, "mean": list, "std": list, "lr": float, "batch_size": int, "epochs": int,
              "augment": bool, "seed": int, "early_stop": dict, "train_images": int}
@@ -65,6 +68,13 @@ class Suite:
     eval_batch_size: int | None  # None: sized from free memory on CUDA (evaluate.auto_batch_size)
     reference: dict[str, Any] = field(default_factory=dict)
 
+    def root(self, name: str) -> ModelSpec:
+        """The base model a model descends from (itself for a base model)."""
+        spec = self.models[name]
+        while spec.parent is not None:
+            spec = self.models[spec.parent]
+        return spec
+
     @property
     def hash(self) -> str:
         return digest(self.raw)[:16]
@@ -88,6 +98,8 @@ def digest(obj: Any) -> str:
 
 def load(path: str | Path) -> Suite:
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a directory, not a suite file (pick one of its .toml files)")
     if not path.is_file():
         raise UserError(f"suite file not found: {path}")
     try:
@@ -106,6 +118,11 @@ def parse(raw: dict[str, Any], path: Path) -> Suite:
         return UserError(f"{where}: {msg}")
 
     _unknown(raw, TOP_KEYS, "", fail)
+    for key, kind in TOP_TYPES.items():
+        if key in raw and not isinstance(raw[key], kind):
+            raise fail(f"{key} must be a {kind.__name__}, got {raw[key]!r}")
+    if raw.get("name") is not None and (raw["name"].strip(". ") == "" or any(c in raw["name"] for c in "/\\")):
+        raise fail(f"name must be usable as a folder name (no slashes, not empty), got {raw['name']!r}")
     if raw.get("schema") != SCHEMA:
         raise fail(f"schema must be {SCHEMA}, got {raw.get('schema')!r}")
     profile = raw.get("profile", "custom")
@@ -156,10 +173,38 @@ def parse(raw: dict[str, Any], path: Path) -> Suite:
         raise fail(f"evaluation.batch_size must be \"auto\" or a positive integer, got {batch!r}")
 
     reference = _reference(raw.get("reference"), path, sorted(sizes), fail)
-    return Suite(path=path, raw=raw, name=str(raw.get("name", path.stem)), profile=profile, data=data,
-                 models=models, attacks=attacks, matrix_models=matrix_models, matrix_attacks=matrix_attacks,
-                 sizes=sorted(sizes), seeds=list(seeds), eval_batch_size=None if batch == "auto" else batch,
-                 reference=reference)
+    suite = Suite(path=path, raw=raw, name=str(raw.get("name", path.stem)), profile=profile, data=data,
+                  models=models, attacks=attacks, matrix_models=matrix_models, matrix_attacks=matrix_attacks,
+                  sizes=sorted(sizes), seeds=list(seeds), eval_batch_size=None if batch == "auto" else batch,
+                  reference=reference)
+    splits = known_splits(data)
+    if splits is not None:
+        check_sizes(suite, *splits)
+    return suite
+
+
+def known_splits(data: dict[str, Any]) -> tuple[int, int] | None:
+    """(train, test) sizes of the suite's data source where known without loading it, else None."""
+    if data["source"] == "synthetic":
+        return data.get("train", SYNTHETIC_SIZE[0]), data.get("test", SYNTHETIC_SIZE[1])
+    return KNOWN_SPLITS.get(data["source"])
+
+
+def check_sizes(suite: Suite, n_train: int, n_test: int) -> None:
+    """Evaluation sizes, fine-tune image counts and early-stop splits against the data's split sizes."""
+    if max(suite.sizes) > n_test:
+        raise UserError(f"{suite.path}: evaluation size {max(suite.sizes)} exceeds the test split ({n_test} images)")
+    for spec in suite.models.values():
+        if spec.parent is not None:
+            held = (suite.root(spec.name).entry["early_stop"] or {}).get("val_size", 0)
+            pool = n_train - held if spec.entry["split"] == "train" else n_test
+            if spec.entry["images"] > pool:
+                raise UserError(f"{suite.path}: models.{spec.name}.images = {spec.entry['images']} exceeds the "
+                                f"{spec.entry['split']} split" + (f" less the base model's {held} validation "
+                                                                  "images" if held else "") + f" ({pool} images)")
+        elif (spec.entry["early_stop"] or {}).get("val_size", 0) + (spec.entry["train_images"] or 1) > n_train:
+            raise UserError(f"{suite.path}: models.{spec.name}: early_stop.val_size + train_images exceed the "
+                            f"training split ({n_train} images)")
 
 
 def _is_int(v: Any) -> bool:
@@ -175,6 +220,9 @@ def _unknown(table: dict, valid, prefix: str, fail) -> None:
 def _names(value, where: str, fail) -> list[str]:
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         raise fail(f"{where} must be a non-empty list of names")
+    repeated = [v for i, v in enumerate(value) if v in value[:i]]
+    if repeated:
+        raise fail(f"{where} names {repeated[0]!r} twice")
     return list(value)
 
 
@@ -194,6 +242,7 @@ def _typed(entry: dict, types: dict[str, type], where: str, fail) -> None:
 
 def _attacks(table: dict, fail) -> dict[str, AttackSpec]:
     from adapters import get_attack
+    from adapters.catalog import culprit, describe_failure, trial
 
     out: dict[str, AttackSpec] = {}
     for name, entry in table.items():
@@ -206,16 +255,29 @@ def _attacks(table: dict, fail) -> dict[str, AttackSpec]:
         values = [(swept[0], v) for v in params[swept[0]]] if swept else [None]
         if swept and not values:
             raise fail(f"attacks.{name}.{swept[0]}: empty list")
+        repeated = [v for i, v in enumerate(params[swept[0]]) if v in params[swept[0]][:i]] if swept else []
+        if repeated:  # compared as numbers: 0 and 0.0 are the same point
+            raise fail(f"attacks.{name}.{swept[0]} repeats the value {repeated[0]!r}")
         for sweep in values:
             concrete = dict(params) if sweep is None else {**params, sweep[0]: sweep[1]}
             for key, value in concrete.items():
                 if key.startswith("eps") and isinstance(value, (int, float)) and value < 0:
                     raise fail(f"attacks.{name}.{key} must be >= 0, got {value}")
             try:
-                get_attack(entry["adapter"], **concrete)
+                attack = get_attack(entry["adapter"], **concrete)
             except (ValueError, TypeError) as exc:
                 raise fail(f"attacks.{name}: {exc}") from None
+            try:  # the toolkit's own type and value checks fire only when it runs
+                trial(attack)
+            except Exception as exc:  # noqa: BLE001  (whatever a toolkit raises on these parameters)
+                key = culprit(entry["adapter"], concrete)
+                what = (f"{key} = {concrete[key]!r} ({type(concrete[key]).__name__}) is refused by" if key else
+                        "these parameters fail in")
+                raise fail(f"attacks.{name}: {what} {entry['adapter']} on a stand-in classifier: "
+                           f"{describe_failure(exc)}") from None
             full = name if sweep is None else f"{name}@{sweep[0]}={sweep[1]}"
+            if full in out:
+                raise fail(f"attacks.{name}: expands to {full!r}, which another attack is already called")
             out[full] = AttackSpec(full, name, entry["adapter"], concrete, sweep)
     return out
 
@@ -291,6 +353,12 @@ def _reference(table, path: Path, sizes: list[int], fail) -> dict[str, Any]:
     if table is None:
         return {}
     _unknown(table, {"file", "models", "attacks"}, "reference.", fail)
+    if not isinstance(table.get("file"), str):
+        raise fail("reference.file must be a file name (a string)")
+    for key in ("models", "attacks"):
+        renames = table.get(key, {})
+        if not isinstance(renames, dict) or not all(isinstance(v, str) for v in renames.values()):
+            raise fail(f"reference.{key} must be a table of names (suite name = \"reference name\")")
     file = path.parent / str(table.get("file", ""))
     if not file.is_file():
         raise fail(f"reference.file not found: {file}")

@@ -1,0 +1,96 @@
+"""Checks a run makes before its first model trains, so bad input costs seconds and writes nothing, and the lock
+that keeps two runs off one output folder.
+
+    check_writable(out)              # the output folder can be created and written
+    check_models(suite, data)        # every base model takes the data's images (one forward pass each)
+    claim = Claim(out)               # exclusive until released, garbage-collected or the process dies
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from benchmark.errors import UserError
+
+LOCK_NAME = ".lock"
+
+
+def check_writable(out: str | os.PathLike) -> None:
+    """Refuse an output folder that cannot be created or written (read-only, or under a regular file)."""
+    out = Path(out)
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot write to {out}: {existing} is a file, not a folder")
+    for folder in (existing, out / "artefacts"):
+        if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+            raise UserError(f"cannot write to {out}: {folder} is not writable")
+
+
+def check_models(suite, data) -> None:
+    """One forward pass of every base model (as the suite builds it) on one test image of `data`; a model that
+    cannot take the images is refused with both shapes, before anything trains."""
+    import torch
+
+    image = data.test_x[:1].float().cpu() / 255
+    shape = "x".join(map(str, image.shape[1:]))
+    for spec in suite.models.values():
+        if spec.parent is None:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):  # building draws weights: keep the RNG
+                failure = _forward_failure(spec, image, len(data.classes))
+            if failure:
+                raise UserError(f"{suite.path}: models.{spec.name} ({spec.entry['arch']}) cannot take the data's "
+                                f"{shape} images{failure}")
+
+
+def _forward_failure(spec, image, num_classes: int) -> str | None:
+    """None when the model takes `image`; else what went wrong, with the shape it takes when that is CIFAR's."""
+    import torch
+
+    from adapters.catalog import describe_failure
+    from benchmark import models
+
+    e = spec.entry
+    model = models.build(e["arch"], mean=e["mean"], std=e["std"], num_classes=num_classes).eval()
+    try:
+        model(image)
+        return None
+    except RuntimeError as exc:
+        failure = describe_failure(exc)
+    try:
+        model(torch.zeros(1, 3, 32, 32))
+        return f" (it takes 3x32x32): {failure}"
+    except RuntimeError:
+        return f": {failure}"
+
+
+class Claim:
+    """An exclusive claim on an output folder: `fcntl.flock` on `<out>/.lock`, which holds the claimant's pid.
+    The kernel drops the lock when the file closes or the process dies, so kill -9 never leaves it stuck.
+    A second claim while one is held raises UserError naming the holder's pid."""
+
+    def __init__(self, out: str | os.PathLike):
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        self._file = open(out / LOCK_NAME, "a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "unknown"
+            self._file.close()
+            raise UserError(f"another run (pid {holder}) is using {out}; wait for it to finish or pass another "
+                            "--out") from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"{os.getpid()}\n")
+        self._file.flush()
+
+    def release(self) -> None:
+        file = getattr(self, "_file", None)  # absent when __init__ failed before opening it
+        if file is not None and not file.closed:
+            file.close()
+
+    __del__ = release
