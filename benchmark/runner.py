@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from adapters import get_attack
 from benchmark import data as datasets
-from benchmark import env, evaluate, fingerprint, models, report, train
+from benchmark import env, evaluate, fingerprint, models, report, sources, train
 from benchmark.errors import UserError
 from benchmark.store import Store, atomic_json, tensors_hash
 from benchmark.suite import AttackSpec, ModelSpec, Suite, digest, load
@@ -63,6 +63,7 @@ class Context:
     versions: dict[str, str]
     timings: dict[str, float] = field(default_factory=dict)
     model_info: dict[str, dict] = field(default_factory=dict)
+    sources: dict[str, sources.Loaded] = field(default_factory=dict)  # models loaded, not trained
     _loaded: dict[str, torch.nn.Module] = field(default_factory=dict)
 
     def timed(self, stage: str, seconds: float) -> None:
@@ -78,17 +79,22 @@ class Context:
 
 def run_suite(suite: Suite | str | Path, out: str | Path | None = None, *, device: str = "auto",
               data_dir: str | Path | None = None, executor: LocalExecutor | None = None,
-              write_report: bool = True):
-    """Run every cell of a suite; return a pandas DataFrame with one row per (model, attack, seed, size)."""
+              write_report: bool = True, models: dict[str, torch.nn.Module] | None = None):
+    """Run every cell of a suite; return a pandas DataFrame with one row per (model, attack, seed, size).
+
+    models: modules built in Python ({"mine": net}, [0,1] images in, logits out): a name the suite declares
+    `provided = true` takes its module; any other joins the suite's models and its matrix."""
     import pandas as pd
 
     suite = suite if isinstance(suite, Suite) else load(suite)
+    suite = sources.with_provided(suite, models or {})
     out = Path(out) if out is not None else Path("runs") / suite.name
     torch_device = env.resolve_device(device)
     started = time.perf_counter()
     data = prepare_data(suite, data_dir)
+    loaded = sources.load_all(suite, len(data.classes), data.test_x[:1].float() / 255, models or {})
     ctx = Context(suite, data.to(torch_device), torch_device, Store(out / "artefacts"),
-                  env.versions())
+                  env.versions(), sources=loaded)
     ctx.timed("data", time.perf_counter() - started)
     for spec in suite.models.values():
         build_model(ctx, spec)
@@ -111,6 +117,8 @@ def run_suite(suite: Suite | str | Path, out: str | Path | None = None, *, devic
 def prepare_data(suite: Suite, data_dir) -> datasets.Dataset:
     """Load the data and check the suite against it before anything is written."""
     spec = suite.data
+    if data_dir is None and "path" in spec:
+        data_dir = suite.path.parent / spec["path"]
     data = datasets.load(spec["source"], data_dir,
                          synthetic_size=(spec.get("train", 5000), spec.get("test", 2000)))
     # The pixels and labels themselves, hashed: what keys carry, so a change of loading code that leaves them
@@ -122,13 +130,13 @@ def prepare_data(suite: Suite, data_dir) -> datasets.Dataset:
         raise UserError(f"{suite.path}: evaluation size {max(suite.sizes)} exceeds the test split ({n_test} images)")
     for spec in suite.models.values():
         if spec.parent is not None:
-            held = (root_of(suite, spec.name).entry["early_stop"] or {}).get("val_size", 0)
+            held = (root_of(suite, spec.name).entry.get("early_stop") or {}).get("val_size", 0)
             pool = len(data.train_y) - held if spec.entry["split"] == "train" else n_test
             if spec.entry["images"] > pool:
                 raise UserError(f"{suite.path}: models.{spec.name}.images = {spec.entry['images']} exceeds the "
                                 f"{spec.entry['split']} split less the base model's validation images "
                                 f"({pool} images)")
-        elif ((spec.entry["early_stop"] or {}).get("val_size", 0) + (spec.entry["train_images"] or 1)
+        elif not spec.loaded and ((spec.entry["early_stop"] or {}).get("val_size", 0) + (spec.entry["train_images"] or 1)
               > len(data.train_y)):
             raise UserError(f"{suite.path}: models.{spec.name}: early_stop.val_size + train_images exceed the "
                             f"training split ({len(data.train_y)} images)")
@@ -139,8 +147,9 @@ def load_model(ctx: Context, name: str) -> torch.nn.Module:
     if name not in ctx._loaded:
         info = ctx.model_info[name]
         root = root_of(ctx.suite, name)
-        model = models.build(root.entry["arch"], mean=root.entry["mean"], std=root.entry["std"],
-                             num_classes=len(ctx.data.classes))
+        model = (copy.deepcopy(ctx.sources[root.name].module) if root.loaded else
+                 models.build(root.entry["arch"], mean=root.entry["mean"], std=root.entry["std"],
+                              num_classes=len(ctx.data.classes)))
         model.load_state_dict(ctx.store.get_tensors("models", info["key"], ctx.device))
         model = model.to(ctx.device).eval()
         if ctx.device.type == "cuda":  # the layout cuDNN's fastest convolutions want; attacks stay in fp32
@@ -152,7 +161,9 @@ def load_model(ctx: Context, name: str) -> torch.nn.Module:
 def build_model(ctx: Context, spec: ModelSpec) -> None:
     """Train (or reuse) one model; fills ctx.model_info[spec.name]."""
     started = time.perf_counter()
-    if spec.parent is None:
+    if spec.loaded:
+        info = load_source(ctx, spec)
+    elif spec.parent is None:
         key = digest({"kind": "model", "entry": spec.entry, **ctx.made_with, "precision": _precision(ctx, True),
                       "code": fingerprint.code(train_base, base_split, _save_model, train, models,
                                                datasets.augment)})[:24]
@@ -168,8 +179,28 @@ def build_model(ctx: Context, spec: ModelSpec) -> None:
         info = ctx.store.get_json("model-info", key)
         if info is None or ctx.store.get_tensors("models", key) is None:
             info = finetune(ctx, spec, key, adv_key, adv_info)
-    ctx.model_info[spec.name] = info
+    ctx.model_info[spec.name] = {**info, "source": info.get("source") or _recipe_source(spec)}
     ctx.timed(f"model:{spec.name}", time.perf_counter() - started)
+
+
+def load_source(ctx: Context, spec: ModelSpec) -> dict:
+    """A loaded model (benchmark.sources) enters the store like a trained one, keyed by what identifies it: the
+    checkpoint's sha256 and its builder, or an in-memory module's weights and class source."""
+    loaded = ctx.sources[spec.name]
+    key = digest({"kind": "loaded-model", "identity": loaded.identity, **ctx.made_with,
+                  "code": fingerprint.code(load_source, _save_model, sources, models)})[:24]
+    info = ctx.store.get_json("model-info", key)
+    if info is None or ctx.store.get_tensors("models", key) is None:
+        info = _save_model(ctx, key, copy.deepcopy(loaded.module).to(ctx.device).eval(),
+                           {"name": spec.name, "kind": "loaded", "source": loaded.source})
+    return info
+
+
+def _recipe_source(spec: ModelSpec) -> dict:
+    e = spec.entry
+    if spec.parent is not None:
+        return {"kind": "fine-tune", "from": spec.parent, "attack": e["attack"], "images": e["images"]}
+    return {"kind": "trained", "arch": e["arch"], "epochs": e["epochs"], "seed": e["seed"]}
 
 
 def _precision(ctx: Context, mixed: bool) -> str:
@@ -234,13 +265,16 @@ def finetune_sample(suite: Suite, spec: ModelSpec, n_train: int, n_test: int) ->
     sample_seed = int(digest(["finetune-sample", e["seed"]])[:15], 16)
     if e["split"] == "test":
         pool, validation, trained = torch.arange(n_test), torch.empty(0, dtype=torch.long), None
+    elif root_of(suite, spec.name).loaded:  # no recipe: no validation images to avoid, its training set unknown
+        pool, validation, trained = torch.arange(n_train), torch.empty(0, dtype=torch.long), None
     else:
         validation, trained = base_split(root_of(suite, spec.name).entry, n_train)
         pool = torch.ones(n_train, dtype=torch.bool).index_fill_(0, validation, False).nonzero().squeeze(1)
     idx = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(sample_seed))[:e["images"]]]
     return idx, {"split": e["split"], "images": len(idx), "sample_seed": sample_seed, "pool": len(pool),
                  "validation_excluded": len(validation),
-                 "seen_by_base": 0 if trained is None else int(torch.isin(idx, trained).sum())}
+                 "seen_by_base": (0 if e["split"] == "test" else None) if trained is None
+                 else int(torch.isin(idx, trained).sum())}
 
 
 def build_adversarial_set(ctx: Context, spec: ModelSpec) -> tuple[str, dict]:
