@@ -11,6 +11,9 @@ that attack's evaluations and adversarial sets and nothing upstream, and a train
 by the code that wrote it. A rerun reuses what finished; kill -9 loses at most the node in flight, and for base
 training only the epochs since its last checkpoint (at most about a minute's work).
 
+A loaded model (benchmark.sources) hashes its checkpoint file's sha256 (not its path) and its builder (a factory's
+module source too); an in-memory module its weights and the source of its classes.
+
 Random draws: training follows the recipe's seed; an attack's draws follow the evaluation seed and each image's
 position (adapters.rng), so the attack batch size, which follows free memory on a GPU, changes no number.
 
@@ -63,7 +66,7 @@ class Context:
     versions: dict[str, str]
     timings: dict[str, float] = field(default_factory=dict)
     model_info: dict[str, dict] = field(default_factory=dict)
-    sources: dict[str, sources.Loaded] = field(default_factory=dict)  # models loaded, not trained
+    loaded_sources: dict[str, sources.Loaded] = field(default_factory=dict)  # models loaded, not trained
     _loaded: dict[str, torch.nn.Module] = field(default_factory=dict)
 
     def timed(self, stage: str, seconds: float) -> None:
@@ -94,7 +97,7 @@ def run_suite(suite: Suite | str | Path, out: str | Path | None = None, *, devic
     data = prepare_data(suite, data_dir)
     loaded = sources.load_all(suite, len(data.classes), data.test_x[:1].float() / 255, models or {})
     ctx = Context(suite, data.to(torch_device), torch_device, Store(out / "artefacts"),
-                  env.versions(), sources=loaded)
+                  env.versions(), loaded_sources=loaded)
     ctx.timed("data", time.perf_counter() - started)
     for spec in suite.models.values():
         build_model(ctx, spec)
@@ -136,8 +139,8 @@ def prepare_data(suite: Suite, data_dir) -> datasets.Dataset:
                 raise UserError(f"{suite.path}: models.{spec.name}.images = {spec.entry['images']} exceeds the "
                                 f"{spec.entry['split']} split less the base model's validation images "
                                 f"({pool} images)")
-        elif not spec.loaded and ((spec.entry["early_stop"] or {}).get("val_size", 0) + (spec.entry["train_images"] or 1)
-              > len(data.train_y)):
+        elif not spec.loaded and ((spec.entry["early_stop"] or {}).get("val_size", 0)
+                                  + (spec.entry["train_images"] or 1) > len(data.train_y)):
             raise UserError(f"{suite.path}: models.{spec.name}: early_stop.val_size + train_images exceed the "
                             f"training split ({len(data.train_y)} images)")
     return data
@@ -147,7 +150,7 @@ def load_model(ctx: Context, name: str) -> torch.nn.Module:
     if name not in ctx._loaded:
         info = ctx.model_info[name]
         root = root_of(ctx.suite, name)
-        model = (copy.deepcopy(ctx.sources[root.name].module) if root.loaded else
+        model = (copy.deepcopy(ctx.loaded_sources[root.name].module) if root.loaded else
                  models.build(root.entry["arch"], mean=root.entry["mean"], std=root.entry["std"],
                               num_classes=len(ctx.data.classes)))
         model.load_state_dict(ctx.store.get_tensors("models", info["key"], ctx.device))
@@ -186,7 +189,7 @@ def build_model(ctx: Context, spec: ModelSpec) -> None:
 def load_source(ctx: Context, spec: ModelSpec) -> dict:
     """A loaded model (benchmark.sources) enters the store like a trained one, keyed by what identifies it: the
     checkpoint's sha256 and its builder, or an in-memory module's weights and class source."""
-    loaded = ctx.sources[spec.name]
+    loaded = ctx.loaded_sources[spec.name]
     key = digest({"kind": "loaded-model", "identity": loaded.identity, **ctx.made_with,
                   "code": fingerprint.code(load_source, _save_model, sources, models)})[:24]
     info = ctx.store.get_json("model-info", key)

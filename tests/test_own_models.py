@@ -243,7 +243,8 @@ def _png_folder(root, classes, per_class, size):
         for c in classes:
             (root / split / c).mkdir(parents=True)
             for i in range(n):
-                Image.fromarray(rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
+                pixels = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / c / f"{i}.png")
 
 
 def test_cifar100_shaped_folder_named_by_the_suite(tmp_path):
