@@ -25,8 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("suite", help="suite TOML file, e.g. suites/paper.toml")
     run.add_argument("--out", help="output folder (default: runs/<suite name>)")
     run.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-    run.add_argument("--data-dir", help="CIFAR-10 root, or an image folder / .tar.gz standing in for it "
-                                        "(default: $BENCH_DATA_DIR, else the cache)")
+    run.add_argument("--data-dir", help="CIFAR-10/100 root, or an image folder / .tar.gz standing in for it "
+                                        "(default: the suite's data.path, else $BENCH_DATA_DIR, else the cache)")
 
     validate = sub.add_parser("validate", help="check a suite and print its expanded plan; runs nothing")
     validate.add_argument("suite")
@@ -71,9 +71,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "validate":
+        from benchmark import sources
         from benchmark.suite import load
 
-        print(json.dumps(load(args.suite).plan(), indent=2))
+        suite = load(args.suite)
+        sources.check(suite)  # reads checkpoints and imports factories: what can be found without running
+        print(json.dumps(suite.plan(), indent=2))
         return 0
     if args.command == "attacks":
         from adapters import catalog

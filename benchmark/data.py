@@ -1,4 +1,4 @@
-"""Data sources (original CIFAR-10, image folders or their .tar.gz, a synthetic set) and batched augmentation.
+"""Data sources (original CIFAR-10 and CIFAR-100, image folders or their .tar.gz, a synthetic set) and batched augmentation.
 
 Every source yields a `Dataset` of uint8 NCHW tensors plus an `identity` that every result carries, so a report
 always says which pixels produced its numbers.
@@ -21,14 +21,15 @@ from benchmark.errors import UserError
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
-SOURCES = ("cifar10", "folder", "synthetic")
+CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
+SOURCES = ("cifar10", "cifar100", "folder", "synthetic")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 SYNTHETIC_SIZE = (5000, 2000)  # train, test: the synthetic source's default
 
 
 def cache_dir() -> Path:
-    """Where decoded arrays and the downloaded CIFAR-10 live: $BENCH_CACHE, else ~/.cache/adv-transfer-bench."""
+    """Where decoded arrays and the downloaded CIFAR-10/100 live: $BENCH_CACHE, else ~/.cache/adv-transfer-bench."""
     return Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "adv-transfer-bench"))
 
 
@@ -50,7 +51,7 @@ class Dataset:
 def load(source: str, path: str | os.PathLike | None = None, *, synthetic_size: tuple[int, int] = SYNTHETIC_SIZE
          ) -> Dataset:
     """Load a data source. `path` (the CLI's --data-dir or $BENCH_DATA_DIR) may name an image folder or its
-    .tar.gz, which then stands in for CIFAR-10 (the offline JPEG copy is used this way)."""
+    .tar.gz, which then stands in for CIFAR-10/100 (the offline JPEG copy is used this way)."""
     if source not in SOURCES:
         raise UserError(f"unknown data source {source!r}; valid: {', '.join(SOURCES)}")
     if source == "synthetic":
@@ -68,7 +69,7 @@ def load(source: str, path: str | os.PathLike | None = None, *, synthetic_size: 
     if source == "folder":
         raise UserError(f"data source 'folder' needs an image folder or .tar.gz with train/<class>/ and "
                         f"test/<class>/; got {path!r} (pass --data-dir PATH)")
-    return cifar10(path)
+    return cifar100(path) if source == "cifar100" else cifar10(path)
 
 
 def _is_image_folder(path: Path) -> bool:
@@ -86,27 +87,39 @@ def cifar10(root: str | os.PathLike | None = None) -> Dataset:
     """The original python-version batches, md5-checked by torchvision; downloaded when absent and online."""
     from torchvision.datasets import CIFAR10
 
-    root = Path(root) if root else cache_dir() / "cifar10"
+    return _cifar(CIFAR10, "CIFAR-10", "cifar10", "cifar-10-batches-py", CIFAR10_MD5, root)
+
+
+def cifar100(root: str | os.PathLike | None = None) -> Dataset:
+    """CIFAR-100 (100 fine labels), as `cifar10`: python batches md5-checked by torchvision, downloaded when
+    absent and online."""
+    from torchvision.datasets import CIFAR100
+
+    return _cifar(CIFAR100, "CIFAR-100", "cifar100", "cifar-100-python", CIFAR100_MD5, root)
+
+
+def _cifar(kind, title: str, source: str, folder: str, md5: str, root) -> Dataset:
+    root = Path(root) if root else cache_dir() / source
     try:
-        train = CIFAR10(str(root), train=True, download=False)
-        test = CIFAR10(str(root), train=False, download=False)
+        train = kind(str(root), train=True, download=False)
+        test = kind(str(root), train=False, download=False)
     except RuntimeError:  # absent or corrupt: try the download, which checks the archive's md5
         created = not root.exists()
         try:
             root.mkdir(parents=True, exist_ok=True)
-            train = CIFAR10(str(root), train=True, download=True)
-            test = CIFAR10(str(root), train=False, download=True)
+            train = kind(str(root), train=True, download=True)
+            test = kind(str(root), train=False, download=True)
         except Exception as exc:  # noqa: BLE001  (offline: URLError, socket errors, md5 mismatch)
             if created:  # leave nothing behind but what was there
                 shutil.rmtree(root, ignore_errors=True)
-            raise UserError(f"CIFAR-10 not found at {root} and not downloadable ({type(exc).__name__}); "
-                            f"pass --data-dir PATH (a cifar-10-batches-py parent, an image folder or its "
+            raise UserError(f"{title} not found at {root} and not downloadable ({type(exc).__name__}); "
+                            f"pass --data-dir PATH (a {folder} parent, an image folder or its "
                             f".tar.gz) or set BENCH_DATA_DIR") from None
     as_nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))  # noqa: E731
     return Dataset(as_nchw(train.data), torch.tensor(train.targets), as_nchw(test.data), torch.tensor(test.targets),
                    list(train.classes),
-                   {"source": "cifar10", "description": "original CIFAR-10 (python batches, md5-verified)",
-                    "checksum": f"md5:{CIFAR10_MD5}", "lossy": False})
+                   {"source": source, "description": f"original {title} (python batches, md5-verified)",
+                    "checksum": f"md5:{md5}", "lossy": False})
 
 
 # ------------------------------------------------------------------------------------------------ image folders

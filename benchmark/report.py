@@ -187,7 +187,9 @@ def finetune_images(results: dict, frame: pd.DataFrame) -> list[str]:
             continue
         where = (f"{adv['images']} images of the {adv['split']} split, drawn with sample seed {adv['sample_seed']} "
                  "(independent of the evaluation seeds)")
-        if adv["split"] == "train":
+        if adv["split"] == "train" and adv["seen_by_base"] is None:
+            where += "; the base model was loaded, so whether it trained on them is unknown"
+        elif adv["split"] == "train":
             where += (f", disjoint from the base model's {adv['validation_excluded']} early-stop validation "
                       f"images; the base model trained on {adv['seen_by_base']} of them")
         lines.append(f"- {name}: {where}; perturbed by `{adv['attack']}`.")
@@ -201,6 +203,25 @@ def finetune_images(results: dict, frame: pd.DataFrame) -> list[str]:
               tabulate(table.values.tolist(), headers=["model", "seed"] + [f"{s} images" for s in table.columns[2:]],
                        tablefmt="github", disable_numparse=True)]
     return lines + [""]
+
+
+def model_sources(results: dict) -> list[str]:
+    """Where each model comes from: a training recipe, a fine-tune, a checkpoint (with its sha256), a module."""
+    from benchmark.sources import describe
+
+    lines = []
+    for name, info in results.get("models", {}).items():
+        source = info.get("source")
+        if source is None:  # results from before sources were recorded
+            continue
+        if source["kind"] == "trained":
+            text = f"trained here: `{source['arch']}`, {source['epochs']} epoch(s), seed {source['seed']}"
+        elif source["kind"] == "fine-tune":
+            text = f"fine-tuned from {source['from']} on {source['images']} images perturbed by `{source['attack']}`"
+        else:
+            text = describe(source)
+        lines.append(f"- {name}: {text}")
+    return ["## Models\n"] + lines + [""] if lines else []
 
 
 def departures(results: dict) -> list[str]:
@@ -437,8 +458,8 @@ def render(results: dict, run_dir: Path, *, against: dict | None = None, with_fi
     means = seed_means(frame)
     data = results.get("data", {})
     parts = [f"# {results.get('suite_name')}: adversarial fine-tuning transfer report", "",
-             f"Data: **{data.get('description')}**. Profile: **{results.get('profile')}**.", "",
-             "## Tables as in the paper", ""]
+             f"Data: **{data.get('description')}**. Profile: **{results.get('profile')}**.", ""]
+    parts += model_sources(results) + ["## Tables as in the paper", ""]
     reps = stats.replicates_of(results)
     parts += paper_tables(results, means, stats.accuracy_intervals(reps))
     parts += ["## ADV/ORIG ratio", ""] + ratio_table(results, means, reps) + [""]

@@ -11,6 +11,9 @@ that attack's evaluations and adversarial sets and nothing upstream, and a train
 by the code that wrote it. A rerun reuses what finished; kill -9 loses at most the node in flight, and for base
 training only the epochs since its last checkpoint (at most about a minute's work).
 
+A loaded model (benchmark.sources) hashes its checkpoint file's sha256 (not its path) and its builder (a factory's
+module source too); an in-memory module its weights and the source of its classes.
+
 Random draws: training follows the recipe's seed; an attack's draws follow the evaluation seed and each image's
 position (adapters.rng), so the attack batch size, which follows free memory on a GPU, changes no number.
 
@@ -30,7 +33,7 @@ from tqdm.auto import tqdm
 
 from adapters import get_attack
 from benchmark import data as datasets
-from benchmark import env, evaluate, examples, fingerprint, models, preflight, report, train
+from benchmark import env, evaluate, examples, fingerprint, models, preflight, report, sources, train
 from benchmark.store import Store, atomic_json, tensors_hash
 from benchmark.suite import AttackSpec, ModelSpec, Suite, check_sizes, digest, load
 from benchmark.train import Checkpoint, Schedule, fit, predict
@@ -62,6 +65,7 @@ class Context:
     versions: dict[str, str]
     timings: dict[str, float] = field(default_factory=dict)
     model_info: dict[str, dict] = field(default_factory=dict)
+    loaded_sources: dict[str, sources.Loaded] = field(default_factory=dict)  # models loaded, not trained
     _loaded: dict[str, torch.nn.Module] = field(default_factory=dict)
 
     def timed(self, stage: str, seconds: float) -> None:
@@ -77,19 +81,24 @@ class Context:
 
 def run_suite(suite: Suite | str | Path, out: str | Path | None = None, *, device: str = "auto",
               data_dir: str | Path | None = None, executor: LocalExecutor | None = None,
-              write_report: bool = True):
-    """Run every cell of a suite; return a pandas DataFrame with one row per (model, attack, seed, size)."""
+              write_report: bool = True, models: dict[str, torch.nn.Module] | None = None):
+    """Run every cell of a suite; return a pandas DataFrame with one row per (model, attack, seed, size).
+
+    models: modules built in Python ({"mine": net}, [0,1] images in, logits out): a name the suite declares
+    `provided = true` takes its module; any other joins the suite's models and its matrix."""
     import pandas as pd
 
     suite = suite if isinstance(suite, Suite) else load(suite)
+    suite = sources.with_provided(suite, models or {})
     out = Path(out) if out is not None else Path("runs") / suite.name
     torch_device = env.resolve_device(device)
     preflight.check_writable(out)
     started = time.perf_counter()
     data = prepare_data(suite, data_dir)
+    loaded = sources.load_all(suite, len(data.classes), data.test_x[:1].float() / 255, models or {})
     _claim = preflight.Claim(out)  # held until this call returns: a second run on `out` refuses meanwhile
     ctx = Context(suite, data.to(torch_device), torch_device, Store(out / "artefacts"),
-                  env.versions())
+                  env.versions(), loaded_sources=loaded)
     ctx.timed("data", time.perf_counter() - started)
     for spec in suite.models.values():
         build_model(ctx, spec)
@@ -113,6 +122,8 @@ def run_suite(suite: Suite | str | Path, out: str | Path | None = None, *, devic
 def prepare_data(suite: Suite, data_dir) -> datasets.Dataset:
     """Load the data and check the suite against it before anything is written."""
     spec = suite.data
+    if data_dir is None and "path" in spec:
+        data_dir = suite.path.parent / spec["path"]
     data = datasets.load(spec["source"], data_dir,
                          synthetic_size=(spec.get("train", 5000), spec.get("test", 2000)))
     # The pixels and labels themselves, hashed: what keys carry, so a change of loading code that leaves them
@@ -127,9 +138,10 @@ def prepare_data(suite: Suite, data_dir) -> datasets.Dataset:
 def load_model(ctx: Context, name: str) -> torch.nn.Module:
     if name not in ctx._loaded:
         info = ctx.model_info[name]
-        root = root_of(ctx.suite, name)
-        model = models.build(root.entry["arch"], mean=root.entry["mean"], std=root.entry["std"],
-                             num_classes=len(ctx.data.classes))
+        root = ctx.suite.root(name)
+        model = (copy.deepcopy(ctx.loaded_sources[root.name].module) if root.loaded else
+                 models.build(root.entry["arch"], mean=root.entry["mean"], std=root.entry["std"],
+                              num_classes=len(ctx.data.classes)))
         model.load_state_dict(ctx.store.get_tensors("models", info["key"], ctx.device))
         model = model.to(ctx.device).eval()
         if ctx.device.type == "cuda":  # the layout cuDNN's fastest convolutions want; attacks stay in fp32
@@ -141,7 +153,9 @@ def load_model(ctx: Context, name: str) -> torch.nn.Module:
 def build_model(ctx: Context, spec: ModelSpec) -> None:
     """Train (or reuse) one model; fills ctx.model_info[spec.name]."""
     started = time.perf_counter()
-    if spec.parent is None:
+    if spec.loaded:
+        info = load_source(ctx, spec)
+    elif spec.parent is None:
         key = digest({"kind": "model", "entry": spec.entry, **ctx.made_with, "precision": _precision(ctx, True),
                       "code": fingerprint.code(train_base, base_split, _save_model, train, models,
                                                datasets.augment)})[:24]
@@ -157,8 +171,28 @@ def build_model(ctx: Context, spec: ModelSpec) -> None:
         info = ctx.store.get_json("model-info", key)
         if info is None or ctx.store.get_tensors("models", key) is None:
             info = finetune(ctx, spec, key, adv_key, adv_info)
-    ctx.model_info[spec.name] = info
+    ctx.model_info[spec.name] = {**info, "source": info.get("source") or _recipe_source(spec)}
     ctx.timed(f"model:{spec.name}", time.perf_counter() - started)
+
+
+def load_source(ctx: Context, spec: ModelSpec) -> dict:
+    """A loaded model (benchmark.sources) enters the store like a trained one, keyed by what identifies it: the
+    checkpoint's sha256 and its builder, or an in-memory module's weights and class source."""
+    loaded = ctx.loaded_sources[spec.name]
+    key = digest({"kind": "loaded-model", "identity": loaded.identity, **ctx.made_with,
+                  "code": fingerprint.code(load_source, _save_model, sources, models)})[:24]
+    info = ctx.store.get_json("model-info", key)
+    if info is None or ctx.store.get_tensors("models", key) is None:
+        info = _save_model(ctx, key, copy.deepcopy(loaded.module).to(ctx.device).eval(),
+                           {"name": spec.name, "kind": "loaded", "source": loaded.source})
+    return info
+
+
+def _recipe_source(spec: ModelSpec) -> dict:
+    e = spec.entry
+    if spec.parent is not None:
+        return {"kind": "fine-tune", "from": spec.parent, "attack": e["attack"], "images": e["images"]}
+    return {"kind": "trained", "arch": e["arch"], "epochs": e["epochs"], "seed": e["seed"]}
 
 
 def _precision(ctx: Context, mixed: bool) -> str:
@@ -204,10 +238,6 @@ def train_base(ctx: Context, spec: ModelSpec, key: str) -> dict:
     return info
 
 
-def root_of(suite: Suite, name: str) -> ModelSpec:
-    return suite.root(name)
-
-
 def finetune_sample(suite: Suite, spec: ModelSpec, n_train: int, n_test: int) -> tuple[torch.Tensor, dict]:
     """The images a fine-tune perturbs and trains on, and where they come from.
 
@@ -220,13 +250,16 @@ def finetune_sample(suite: Suite, spec: ModelSpec, n_train: int, n_test: int) ->
     sample_seed = int(digest(["finetune-sample", e["seed"]])[:15], 16)
     if e["split"] == "test":
         pool, validation, trained = torch.arange(n_test), torch.empty(0, dtype=torch.long), None
+    elif suite.root(spec.name).loaded:  # no recipe: no validation images to avoid, its training set unknown
+        pool, validation, trained = torch.arange(n_train), torch.empty(0, dtype=torch.long), None
     else:
-        validation, trained = base_split(root_of(suite, spec.name).entry, n_train)
+        validation, trained = base_split(suite.root(spec.name).entry, n_train)
         pool = torch.ones(n_train, dtype=torch.bool).index_fill_(0, validation, False).nonzero().squeeze(1)
     idx = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(sample_seed))[:e["images"]]]
     return idx, {"split": e["split"], "images": len(idx), "sample_seed": sample_seed, "pool": len(pool),
                  "validation_excluded": len(validation),
-                 "seen_by_base": 0 if trained is None else int(torch.isin(idx, trained).sum())}
+                 "seen_by_base": (0 if e["split"] == "test" else None) if trained is None
+                 else int(torch.isin(idx, trained).sum())}
 
 
 def build_adversarial_set(ctx: Context, spec: ModelSpec) -> tuple[str, dict]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmark import sources
 from benchmark.data import SOURCES, SYNTHETIC_SIZE
 from benchmark.errors import UserError
 from benchmark.models import ARCHITECTURES
@@ -41,6 +42,11 @@ class ModelSpec:
     @property
     def parent(self) -> str | None:
         return self.entry.get("from")
+
+    @property
+    def loaded(self) -> bool:
+        """Loaded from a checkpoint or handed in as a module (benchmark.sources), not trained from a recipe."""
+        return "source" in self.entry
 
 
 @dataclass(frozen=True)
@@ -80,11 +86,13 @@ class Suite:
         return digest(self.raw)[:16]
 
     def plan(self) -> dict[str, Any]:
-        base = [m for m in self.models.values() if m.parent is None]
+        base = [m for m in self.models.values() if m.parent is None and not m.loaded]
         tuned = [m for m in self.models.values() if m.parent is not None]
         evaluations = len(self.matrix_models) * len(self.matrix_attacks) * len(self.seeds)
         return {"suite": self.name, "profile": self.profile, "data": self.data["source"],
                 "base_models": [m.name for m in base],
+                "loaded_models": {m.name: m.entry.get("file", m.entry["source"]) for m in self.models.values()
+                                  if m.loaded},
                 "adversarial_sets": [f"{m.entry['images']} x {m.entry['attack']} on {m.parent} "
                                      f"({m.entry['split']} split)" for m in tuned],
                 "finetuned_models": [m.name for m in tuned],
@@ -133,7 +141,7 @@ def parse(raw: dict[str, Any], path: Path) -> Suite:
             raise fail(f"missing [{section}] table")
 
     data = dict(raw["data"])
-    _unknown(data, {"source", "train", "test"}, "data.", fail)
+    _unknown(data, {"source", "train", "test", "path"}, "data.", fail)
     if data.get("source") not in SOURCES:
         raise fail(f"data.source must be one of {', '.join(SOURCES)}, got {data.get('source')!r}")
     for key in ("train", "test"):
@@ -141,9 +149,14 @@ def parse(raw: dict[str, Any], path: Path) -> Suite:
             raise fail(f"data.{key} must be a positive integer")
         if key in data and data["source"] != "synthetic":
             raise fail(f"data.{key} applies to the synthetic source only")
+    if "path" in data:  # relative to the suite; --data-dir, where given, takes its place
+        if not isinstance(data["path"], str) or data["source"] == "synthetic":
+            raise fail("data.path must be a string, for a source other than synthetic")
+        if data["source"] == "folder" and not (path.parent / data["path"]).exists():
+            raise fail(f"data.path not found: {(path.parent / data['path']).resolve()}")
 
     attacks = _attacks(raw["attacks"], fail)
-    models = _models(raw["models"], raw["attacks"], fail)
+    models = _models(raw["models"], raw["attacks"], fail, path.parent)
 
     matrix = raw["matrix"]
     _unknown(matrix, {"models", "attacks"}, "matrix.", fail)
@@ -196,13 +209,14 @@ def check_sizes(suite: Suite, n_train: int, n_test: int) -> None:
         raise UserError(f"{suite.path}: evaluation size {max(suite.sizes)} exceeds the test split ({n_test} images)")
     for spec in suite.models.values():
         if spec.parent is not None:
-            held = (suite.root(spec.name).entry["early_stop"] or {}).get("val_size", 0)
+            held = (suite.root(spec.name).entry.get("early_stop") or {}).get("val_size", 0)
             pool = n_train - held if spec.entry["split"] == "train" else n_test
             if spec.entry["images"] > pool:
                 raise UserError(f"{suite.path}: models.{spec.name}.images = {spec.entry['images']} exceeds the "
                                 f"{spec.entry['split']} split" + (f" less the base model's {held} validation "
                                                                   "images" if held else "") + f" ({pool} images)")
-        elif (spec.entry["early_stop"] or {}).get("val_size", 0) + (spec.entry["train_images"] or 1) > n_train:
+        elif not spec.loaded and ((spec.entry["early_stop"] or {}).get("val_size", 0)
+                                  + (spec.entry["train_images"] or 1) > n_train):
             raise UserError(f"{suite.path}: models.{spec.name}: early_stop.val_size + train_images exceed the "
                             f"training split ({n_train} images)")
 
@@ -282,7 +296,7 @@ def _attacks(table: dict, fail) -> dict[str, AttackSpec]:
     return out
 
 
-def _models(table: dict, attack_table: dict, fail) -> dict[str, ModelSpec]:
+def _models(table: dict, attack_table: dict, fail, suite_dir: Path) -> dict[str, ModelSpec]:
     entries: dict[str, dict] = {}
     for name, entry in table.items():
         if not isinstance(entry, dict):
@@ -306,6 +320,8 @@ def _models(table: dict, attack_table: dict, fail) -> dict[str, ModelSpec]:
                 raise fail(f"{where}schedule must be one of {', '.join(SCHEDULES)}, got {full['schedule']!r}")
             if full["images"] < 1 or full["epochs"] < 1 or full["batch_size"] < 1:
                 raise fail(f"{where}images, epochs and batch_size must be positive")
+        elif sources.is_loaded(entry):
+            full = sources.parse(entry, where, fail, suite_dir)
         else:
             _typed(entry, BASE_KEYS, where, fail)
             if entry.get("arch") not in ARCHITECTURES:

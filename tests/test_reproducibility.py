@@ -178,12 +178,12 @@ def test_keys_hash_resolved_defaults_not_the_spelling(tiny_suite, tmp_path, monk
 
 
 def test_keys_carry_device_and_library_versions(tiny_suite):
-    from benchmark.data import synthetic
-
     suite = load(tiny_suite())
-    ctx = {d: runner.Context(suite, synthetic(10, 10), torch.device(d), None, {"torch": "1", "torchvision": "2",
+    data = runner.prepare_data(suite, None)
+    ctx = {d: runner.Context(suite, data, torch.device(d), None, {"torch": "1", "torchvision": "2",
            "art": "3", "torchattacks": "4", "numpy": "5", "pillow": "6", "pandas": "7"}) for d in ("cpu", "cuda")}
     assert ctx["cpu"].made_with["device"] == "cpu" and ctx["cuda"].made_with["device"] == "cuda"
+    assert ctx["cpu"].made_with["data"] == data.identity["pixels"]
     assert set(ctx["cpu"].made_with["versions"]) == {"torch", "torchvision", "art", "torchattacks", "numpy", "pillow"}
     assert runner._precision(ctx["cuda"], True) == "bf16-autocast" and runner._precision(ctx["cuda"], False) == "fp32"
 

@@ -1,0 +1,441 @@
+"""Models that are loaded, not trained: a checkpoint built by a registry architecture, a factory of the user's,
+torchvision or timm; RobustBench's model-zoo layout; or a module handed to `run_suite(models=...)`.
+
+One interface serves the runner and `validate`:
+
+    entry = parse(table, where, fail, suite_dir)   # a suite's [models.NAME] table, checked, defaults filled in
+    loaded = load(entry, num_classes, sample)      # Loaded(module, source, identity); every bad input a UserError
+    loaded = provided(module)                      # an in-memory module
+
+`source` is what results.json and the report show; `identity` is what the cache key hashes: the checkpoint
+file's sha256 (never its path), the builder and its code (a factory's module source, a timm version), the
+normalization. Checkpoints are read with `torch.load(weights_only=True)` or safetensors: never unpickling code.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from benchmark import fingerprint, models
+from benchmark.errors import UserError
+from benchmark.store import tensors_hash
+
+BUILDERS = ("arch", "factory", "torchvision", "timm")
+KEYS = {"checkpoint": str, "robustbench": str, "model_dir": str, "dataset": str, "threat_model": str,
+        "arch": str, "factory": str, "torchvision": str, "timm": str, "mean": list, "std": list, "provided": bool}
+SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+WRAPPERS = ("state_dict", "model_state_dict", "model", "net", "last")  # RobustBench and common training scripts
+PREFIXES = ("module.", "model.", "_orig_mod.")  # DataParallel, RobustBench's wrappers, torch.compile
+
+
+@dataclass
+class Loaded:
+    module: nn.Module  # maps [0,1] NCHW images to logits, in eval mode, on the CPU
+    source: dict[str, Any]  # for results.json and the report
+    identity: dict[str, Any]  # for the cache key
+
+
+def is_loaded(table: dict) -> bool:
+    return any(k in table for k in ("checkpoint", "robustbench", "provided"))
+
+
+# --------------------------------------------------------------------------------------------------- parsing
+def parse(table: dict, where: str, fail: Callable[[str], UserError], suite_dir: Path) -> dict[str, Any]:
+    """Check a loaded model's suite table without reading its file; the full entry, paths resolved."""
+    extra = sorted(set(table) - set(KEYS))
+    if extra:
+        raise fail(f"unknown key {where}{extra[0]}; valid for a loaded model: {', '.join(sorted(KEYS))}")
+    for key, kind in KEYS.items():
+        if key in table and not isinstance(table[key], kind):
+            raise fail(f"{where}{key} must be {kind.__name__}, got {table[key]!r}")
+    if table.get("provided"):
+        if set(table) != {"provided"}:
+            raise fail(f"{where}provided = true takes no other keys (the module comes from run_suite(models=...))")
+        return {"source": "in-memory"}
+    if ("checkpoint" in table) == ("robustbench" in table):
+        raise fail(f"{where[:-1]} needs exactly one of checkpoint = \"path\" or robustbench = \"<model name>\"")
+    builders = [b for b in BUILDERS if b in table]
+    if len(builders) != 1:
+        raise fail(f"{where[:-1]} needs exactly one of {', '.join(BUILDERS)} to build the module the checkpoint "
+                   f"fills (got {', '.join(builders) or 'none'})")
+    builder = builders[0]
+    entry: dict[str, Any] = {"source": "checkpoint", "builder": builder, builder: table[builder]}
+    if "checkpoint" in table:
+        file = (suite_dir / table["checkpoint"]).resolve()
+        if not file.exists():
+            raise fail(f"{where}checkpoint not found: {file}")
+    else:
+        zoo = {k: table.get(k, d) for k, d in (("model_dir", "models"), ("dataset", "cifar10"),
+                                                ("threat_model", "Linf"))}
+        file = (suite_dir / zoo["model_dir"]).resolve() / zoo["dataset"] / zoo["threat_model"] / \
+            f"{table['robustbench']}.pt"
+        if not file.exists():
+            raise fail(f"{where}robustbench: no checkpoint at {file} (RobustBench layout "
+                       "<model_dir>/<dataset>/<threat_model>/<name>.pt; loaded offline, never downloaded)")
+        entry.update(source="robustbench", robustbench=table["robustbench"], **zoo)
+    if not file.name.endswith(SUFFIXES):
+        raise fail(f"{where}checkpoint {file.name}: expected {', '.join(SUFFIXES)}")
+    entry["file"] = str(file)
+    for key in ("mean", "std"):
+        value = table.get(key, [0.5] * 3 if builder == "arch" else None)  # the registry always normalizes
+        if value is not None and (len(value) != 3 or not all(isinstance(v, (int, float)) and not
+                                                            isinstance(v, bool) for v in value)):
+            raise fail(f"{where}{key} must be three numbers")
+        entry[key] = value
+    if (entry["mean"] is None) != (entry["std"] is None):
+        raise fail(f"{where[:-1]}: give both mean and std, or neither (the module normalizes itself)")
+    if entry["std"] is not None and any(s <= 0 for s in entry["std"]):
+        raise fail(f"{where}std must be positive")
+    entry["explicit_norm"] = "mean" in table
+    if builder == "arch" and table["arch"] not in models.ARCHITECTURES:
+        raise fail(f"{where}arch must be one of {', '.join(models.ARCHITECTURES)}, got {table['arch']!r}")
+    if builder == "factory":
+        if not re.fullmatch(r"[\w.]+:[\w.]+", table["factory"]):
+            raise fail(f"{where}factory must be \"module:callable\", got {table['factory']!r}")
+        entry["suite_dir"] = str(suite_dir.resolve())
+    if builder == "torchvision":
+        from torchvision.models import list_models
+
+        if table["torchvision"] not in list_models():
+            raise fail(f"{where}torchvision: unknown model {table['torchvision']!r} (see "
+                       "torchvision.models.list_models())")
+    if builder == "timm":
+        timm = _timm(fail, where)
+        if not timm.is_model(table["timm"]):
+            raise fail(f"{where}timm: unknown model {table['timm']!r} (see timm.list_models())")
+    return entry
+
+
+def _timm(fail: Callable[[str], UserError], where: str):
+    try:
+        import timm
+    except ImportError:
+        raise fail(f"{where}timm needs the optional timm package (pip install timm)") from None
+    return timm
+
+
+# --------------------------------------------------------------------------------------------------- loading
+def load(entry: dict[str, Any], num_classes: int | None, sample: torch.Tensor | None = None,
+         name: str = "model") -> Loaded:
+    """Build the module, fill it from the checkpoint and check it against the data.
+
+    num_classes: the data's class count (None: unknown yet, as `validate` on an archive; then only the file is
+    read and the builder imported). sample: one float [0,1] image, 1 x C x H x W, for the output-width check."""
+    where = f"models.{name}"
+    file = Path(entry["file"])
+    state = read_state(file)
+    if num_classes is None:  # validate without the data's class count: the file is read, the factory imported
+        if entry["builder"] == "factory":
+            import_factory(entry["factory"], Path(entry["suite_dir"]), where)
+        builder, code = None, None
+    else:
+        builder, code = build(entry, num_classes, where)
+    sha = file_sha256(file)
+    source = {"kind": entry["source"], "file": str(file), "sha256": sha, "builder": entry["builder"],
+              entry["builder"]: entry[entry["builder"]]}
+    if entry["source"] == "robustbench":
+        source.update({k: entry[k] for k in ("robustbench", "model_dir", "dataset", "threat_model")})
+    if builder is None:
+        return Loaded(None, source, {})
+    fit(builder, state, file, f"{entry['builder']} {entry[entry['builder']]!r}", where)
+    if isinstance(builder, models.Normalized):
+        used = [builder.norm_mean.flatten().tolist(), builder.norm_std.flatten().tolist()]
+        if entry["explicit_norm"] and not all(torch.allclose(torch.tensor(u), torch.tensor(s, dtype=torch.float32))
+                                              for u, s in zip(used, (entry["mean"], entry["std"]))):
+            raise UserError(f"{where}: {file} normalizes with mean {used[0]}, std {used[1]}; the suite says mean "
+                            f"{entry['mean']}, std {entry['std']}")
+        source.update(mean=used[0], std=used[1])
+    builder.eval()
+    check_output(builder, num_classes, sample, where)
+    identity = {"sha256": sha, "builder": entry["builder"], "name": entry[entry["builder"]], "code": code,
+                "mean": source.get("mean"), "std": source.get("std")}
+    return Loaded(builder, source, identity)
+
+
+def provided(module: nn.Module, num_classes: int, sample: torch.Tensor | None, name: str) -> Loaded:
+    """A module built in a notebook: copied to the CPU (the caller's stays as it is), keyed by its weights and
+    the source of every class in it."""
+    if not isinstance(module, nn.Module):
+        raise UserError(f"models.{name}: run_suite(models=...) needs torch.nn.Module values, got "
+                        f"{type(module).__name__}")
+    module = copy.deepcopy(module).cpu().eval()
+    check_output(module, num_classes, sample, f"models.{name}")
+    weights = tensors_hash(module.state_dict())
+    classes = sorted({type(m) for m in module.modules()}, key=lambda c: f"{c.__module__}.{c.__qualname__}")
+    source = {"kind": "in-memory", "class": f"{type(module).__module__}.{type(module).__qualname__}",
+              "weights": weights}
+    return Loaded(module, source, {"weights": weights, "code": fingerprint.code(*classes)})
+
+
+def describe(loaded_source: dict[str, Any]) -> str:
+    """One line for the report."""
+    kind = loaded_source["kind"]
+    if kind == "in-memory":
+        return f"in-memory module `{loaded_source['class']}` (weights {loaded_source['weights'][:12]})"
+    where = (f"RobustBench {loaded_source['dataset']}/{loaded_source['threat_model']}/"
+             f"{loaded_source['robustbench']}" if kind == "robustbench" else "checkpoint")
+    builder = loaded_source["builder"]
+    norm = (f", mean {loaded_source['mean']}, std {loaded_source['std']}" if "mean" in loaded_source else "")
+    return (f"{where} `{Path(loaded_source['file']).name}` (sha256 {loaded_source['sha256'][:12]}) in "
+            f"{builder} `{loaded_source[builder]}`{norm}")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build(entry: dict[str, Any], num_classes: int, where: str) -> tuple[nn.Module, str | None]:
+    """The empty module of a loaded model, and a fingerprint of the user code that built it (factories)."""
+    builder, name = entry["builder"], entry[entry["builder"]]
+    code = None
+    if builder == "arch":
+        return models.build(name, mean=entry["mean"], std=entry["std"], num_classes=num_classes), None
+    if builder == "factory":
+        fn, module = import_factory(name, Path(entry["suite_dir"]), where)
+        code = fingerprint.code(module)
+        takes = inspect.signature(fn).parameters if _has_signature(fn) else {}
+        norm_inside = entry["mean"] is not None and {"mean", "std"} <= set(takes)
+        kwargs = {"mean": entry["mean"], "std": entry["std"]} if norm_inside else {}
+        try:
+            net = fn(num_classes=num_classes, **kwargs)
+        except Exception as exc:  # noqa: BLE001  (user code: any failure is the user's to see in one line)
+            raise UserError(f"{where}: factory {name} failed: {_one_line(exc)}") from None
+        if not isinstance(net, nn.Module):
+            raise UserError(f"{where}: factory {name} returned {type(net).__name__}, not a torch.nn.Module")
+        if entry["mean"] is not None and not norm_inside:
+            net = models.Normalized(net, entry["mean"], entry["std"])
+        return net, code
+    if builder == "torchvision":
+        from torchvision.models import get_model
+
+        net = get_model(name, weights=None, num_classes=num_classes)
+    else:
+        timm = _timm(lambda m: UserError(m), f"{where}.")
+        net = timm.create_model(name, pretrained=False, num_classes=num_classes)
+        code = f"timm {timm.__version__}"
+    return (models.Normalized(net, entry["mean"], entry["std"]) if entry["mean"] is not None else net), code
+
+
+def _has_signature(fn) -> bool:
+    try:
+        inspect.signature(fn)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def import_factory(spec: str, suite_dir: Path, where: str):
+    """`module:callable`, the module looked for in the suite's folder first (a file or package there, loaded
+    under a name of its path so two suites' `net.py` never collide), then on the Python path."""
+    module_name, attr = spec.split(":")
+    rel = Path(*module_name.split("."))
+    local = next((p for p in (suite_dir / rel.with_suffix(".py"), suite_dir / rel / "__init__.py") if p.is_file()),
+                 None)
+    try:
+        if local is not None:
+            unique = f"_suite_factory_{hashlib.sha256(str(local).encode()).hexdigest()[:12]}"
+            module_spec = importlib.util.spec_from_file_location(unique, local)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[unique] = module  # dataclasses and pickling look modules up here
+            try:
+                module_spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[unique]
+                raise
+        else:
+            module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001  (user code: any import failure is one line)
+        raise UserError(f"{where}: factory {spec}: cannot import {module_name} from {suite_dir} or the Python "
+                        f"path ({_one_line(exc)})") from None
+    fn = module
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)
+    if not callable(fn):
+        raise UserError(f"{where}: factory {spec}: {module_name} has no callable {attr}")
+    return fn, module
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def read_state(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a .pt/.pth (weights_only) or .safetensors file, unwrapped from RobustBench-style dicts."""
+    try:
+        if path.name.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (IsADirectoryError, PermissionError, FileNotFoundError) as exc:
+        raise UserError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # noqa: BLE001  (zip, pickle and safetensors errors of every kind)
+        needs = re.search(r"GLOBAL ([\w.]+) was not an allowed global", str(exc))
+        if needs:
+            raise UserError(f"checkpoint {path} would need unpickling code to load ({needs.group(1)}); save "
+                            "model.state_dict() instead (torch.save(model.state_dict(), path))") from None
+        raise UserError(f"checkpoint {path} is corrupted or not a state dict ({type(exc).__name__})") from None
+    state = _unwrap(obj)
+    if state is None:
+        keys = ", ".join(map(str, list(obj)[:5])) if isinstance(obj, dict) else type(obj).__name__
+        raise UserError(f"checkpoint {path} holds no state dict (found: {keys})")
+    return state
+
+
+def _unwrap(obj: Any, depth: int = 0) -> dict[str, torch.Tensor] | None:
+    if not isinstance(obj, dict) or depth > 2:
+        return None
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if tensors and len(tensors) == len(obj):
+        return tensors
+    for key in WRAPPERS:
+        if key in obj and (inner := _unwrap(obj[key], depth + 1)) is not None:
+            return inner
+    return None
+
+
+def _variants(state: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """The state as saved and with each wrapper prefix removed (in any order they were stacked)."""
+    out = [state]
+    for prefix in PREFIXES * 2:
+        for v in list(out):
+            if any(k.startswith(prefix) for k in v):
+                out.append({k.removeprefix(prefix): t for k, t in v.items()})
+    return out
+
+
+def fit(module: nn.Module, state: dict[str, torch.Tensor], path: Path, builder: str, where: str) -> None:
+    """Load `state` into `module` (or, for a Normalized wrapper, into its network: checkpoints of the bare
+    architecture, as RobustBench's are); otherwise name up to three missing and three unexpected keys."""
+    targets = [(module, "")] + ([(module.net, "net.")] if isinstance(module, models.Normalized) else [])
+    best = None
+    for target, prefix in targets:
+        wanted = set(target.state_dict())
+        for variant in _variants(state):
+            missing, unexpected = sorted(wanted - set(variant)), sorted(set(variant) - wanted)
+            if best is None or len(missing) + len(unexpected) < len(best[2]) + len(best[3]):
+                best = (target, variant, [prefix + k for k in missing], unexpected)
+    target, variant, missing, unexpected = best
+    if missing or unexpected:
+        raise UserError(f"{where}: {path.name} does not fit {builder}: missing {_few(missing)}; unexpected "
+                        f"{_few(unexpected)}")
+    own = target.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} (model {tuple(own[k].shape)})" for k, v in variant.items()
+             if tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        raise UserError(f"{where}: {path.name} does not fit {builder}: shapes differ for {_few(wrong)}")
+    target.load_state_dict(variant, strict=True)
+
+
+def _few(names: list[str]) -> str:
+    if not names:
+        return "none"
+    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+    return ", ".join(names[:3]) + more
+
+
+def check_output(module: nn.Module, num_classes: int | None, sample: torch.Tensor | None, where: str) -> None:
+    """One forward pass on one image: the module must accept the data's images and give one logit per class."""
+    if sample is None or num_classes is None:
+        return
+    try:
+        with torch.no_grad():
+            out = module.eval()(sample)
+    except Exception as exc:  # noqa: BLE001  (user code)
+        raise UserError(f"{where}: forward pass on a {'x'.join(map(str, sample.shape[1:]))} image failed "
+                        f"({_one_line(exc)})") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != num_classes:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserError(f"{where}: outputs {shape} for one image; the data has {num_classes} classes, so "
+                        f"(1, {num_classes}) logits were expected")
+
+
+# ------------------------------------------------------------------------------------------ a suite's models
+def with_provided(suite, modules: dict[str, nn.Module]):
+    """The suite with the modules handed to run_suite: a name the suite declares `provided = true` takes its
+    module; a name it does not declare joins as a loaded model and the matrix's models."""
+    import dataclasses
+
+    from benchmark.suite import ModelSpec
+
+    declared = {n for n, s in suite.models.items() if s.entry.get("source") == "in-memory"}
+    absent = sorted(declared - set(modules))
+    if absent:
+        raise UserError(f"{suite.path}: models.{absent[0]} is provided = true: pass its module as "
+                        f"run_suite(suite, models={{{absent[0]!r}: module}})")
+    clash = sorted(n for n in modules if n in suite.models and n not in declared)
+    if clash:
+        raise UserError(f"{suite.path}: run_suite(models=...) names {clash[0]!r}, which the suite defines "
+                        "otherwise (declare it `provided = true`)")
+    new = [n for n in modules if n not in suite.models]
+    if not new:
+        return suite
+    raw = copy.deepcopy(suite.raw)
+    raw["models"].update({n: {"provided": True} for n in new})
+    raw["matrix"]["models"] = raw["matrix"]["models"] + new
+    return dataclasses.replace(suite, raw=raw, models={**{n: ModelSpec(n, {"source": "in-memory"}) for n in new},
+                                                       **suite.models},
+                               matrix_models=suite.matrix_models + new)
+
+
+def load_all(suite, num_classes: int, sample: torch.Tensor | None,
+             modules: dict[str, nn.Module] | None = None) -> dict[str, Loaded]:
+    """Every loaded model of the suite, read and checked against the data before the runner writes anything."""
+    out = {}
+    for name, spec in suite.models.items():
+        if spec.entry.get("source") == "in-memory" and modules is not None:
+            out[name] = provided(modules[name], num_classes, sample, name)
+        elif spec.entry.get("source") in ("checkpoint", "robustbench"):
+            out[name] = load(spec.entry, num_classes, sample, name)
+    return out
+
+
+KNOWN_CLASSES = {"cifar10": 10, "cifar100": 100, "synthetic": 10}
+
+
+def check(suite) -> None:
+    """What `validate` can find without running: unreadable or unfit checkpoints, factories that do not import
+    or build, output widths that do not match the data (where its class count and image size are known
+    without reading it: CIFAR, synthetic, a folder given as a directory)."""
+    if not any(s.entry.get("source") in ("checkpoint", "robustbench") for s in suite.models.values()):
+        return
+    num_classes, size = KNOWN_CLASSES.get(suite.data["source"]), (32, 32)
+    path = suite.path.parent / suite.data["path"] if "path" in suite.data else None
+    if suite.data["source"] == "folder":
+        num_classes, size = _folder_shape(path) if path is not None and path.is_dir() else (None, None)
+    sample = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0)) if size else None
+    load_all(suite, num_classes, sample)
+
+
+def _folder_shape(path: Path) -> tuple[int | None, tuple[int, int] | None]:
+    from PIL import Image
+
+    train = next((p / "train" for p in (path, *sorted(q for q in path.iterdir() if q.is_dir()))
+                  if (p / "train").is_dir()), None)
+    if train is None:
+        return None, None
+    classes = sorted(p for p in train.iterdir() if p.is_dir())
+    first = next((f for c in classes for f in sorted(c.iterdir()) if f.is_file()), None)
+    try:
+        with Image.open(first) as image:
+            width, height = image.size
+    except Exception:  # noqa: BLE001  (not an image: loading the data reports it)
+        return len(classes), None
+    return len(classes), (height, width)
