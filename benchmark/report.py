@@ -190,8 +190,10 @@ def finetune_images(results: dict, frame: pd.DataFrame) -> list[str]:
         if adv["split"] == "train" and adv["seen_by_base"] is None:
             where += "; the base model was loaded, so whether it trained on them is unknown"
         elif adv["split"] == "train":
-            where += (f", disjoint from the base model's {adv['validation_excluded']} early-stop validation "
-                      f"images; the base model trained on {adv['seen_by_base']} of them")
+            held = adv["validation_excluded"]
+            where += (f", disjoint from the base model's {held} early-stop validation images" if held else
+                      " (the base model had no validation split)")
+            where += f"; the base model trained on {adv['seen_by_base']} of them"
         lines.append(f"- {name}: {where}; perturbed by `{adv['attack']}`.")
     overlap = frame[frame["model"].isin(tuned) & (frame["finetune_overlap"] > 0)]
     if overlap.empty:
