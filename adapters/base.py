@@ -69,7 +69,7 @@ class Attack:
             # Parameters frozen: toolkits that call backward (ART) would otherwise also compute weight gradients.
             for p in frozen:
                 p.requires_grad_(False)
-            with exact_fp32(), per_image_rng(self.seed, positions) as draws:
+            with exact_fp32(), per_image_rng(self.seed, positions, images[0].numel()) as draws:
                 images, labels = images.detach().clone(), labels.detach().long()
                 if self.space == "normalized":
                     if not hasattr(model, "normalize"):

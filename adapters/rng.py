@@ -1,12 +1,13 @@
 """Per-image random draws: what an attack draws for an image depends on the attack's seed and the image's position
 in the evaluation, never on how the evaluation was cut into attack batches (which on a GPU follows free memory).
 
-    with per_image_rng(seed, positions) as draws:
+    with per_image_rng(seed, positions, images[0].numel()) as draws:
         adv = some_attack(images)          # images[i] sits at evaluation position positions[i]
     draws.batch_invariant                  # False if the attack drew anything not tied to one image
 
-Inside the context, a random draw whose first dimension is the batch (len(positions)) is made row by row: row i
-from its own generator seeded by (seed, positions[i], k), k counting the draws of this call. That covers the
+Inside the context, a random draw shaped like the images (first dimension the batch, len(positions), and as many
+values per row as an image has) is made row by row: row i from its own generator seeded by (seed,
+positions[i], k), k counting the draws of this call. That covers the
 random starts of torchattacks (`torch.empty_like(x).uniform_()`, `torch.rand(x.shape)`, `randn_like`, ...) and
 of ART (`np.random.uniform(size=(n, d))` in `art.utils.random_sphere`, ...). Any other draw cannot be tied to an
 image: it comes from the global generators, which the context seeds from `seed` and restores afterwards; a change
@@ -19,6 +20,7 @@ the duration of the block: one attack call at a time per process (executors scal
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -62,8 +64,13 @@ _NUMPY = {"uniform": ("uniform", 2), "normal": ("normal", 2), "random_sample": (
 
 
 class _Draws:
-    def __init__(self, seed: int, positions: Sequence[int]):
+    def __init__(self, seed: int, positions: Sequence[int], features: int):
         self.seed, self.positions, self.n, self.count = seed, [int(p) for p in positions], len(positions), 0
+        self.features = features
+
+    def per_image(self, shape: Sequence[int]) -> bool:
+        """A draw of one value per feature of every image; any other shape is no image's own."""
+        return len(shape) > 0 and shape[0] == self.n and math.prod(shape[1:]) == self.features
 
     def _next(self) -> list[int]:
         self.count += 1
@@ -82,7 +89,7 @@ class _Draws:
         original = _ORIGINAL_INPLACE[name]
 
         def draw(tensor: torch.Tensor, *args: Any, **kwargs: Any):
-            if tensor.dim() > 0 and len(tensor) == self.n and kwargs.get("generator") is None:
+            if self.per_image(tensor.shape) and kwargs.get("generator") is None:
                 return self._fill_rows(tensor, name, *args, **kwargs)
             if tensor.dim() == 0 and sys._getframe(1).f_code.co_filename.endswith(_DATALOADER):
                 # Every DataLoader iteration (ART's predict) draws a seed for its worker processes; without
@@ -98,10 +105,10 @@ class _Draws:
 
         def draw(*args: Any, **kwargs: Any):
             if kwargs.get("generator") is None:
-                if name.endswith("_like") and args[0].dim() > 0 and len(args[0]) == self.n:
+                if name.endswith("_like") and self.per_image(args[0].shape):
                     return self._fill_rows(torch.empty_like(*args, **kwargs), sampler)
                 size = None if name.endswith("_like") else _size(args, kwargs)
-                if size and size[0] == self.n:
+                if size and self.per_image(size):
                     out = torch.empty(size, dtype=kwargs.get("dtype"), device=kwargs.get("device"))
                     return self._fill_rows(out, sampler)
             return original(*args, **kwargs)
@@ -123,7 +130,7 @@ class _Draws:
                     rest[size_at] = shape[1:]
                 call = lambda g: getattr(g, method)(*rest, **{**kwargs, **({} if positional else  # noqa: E731
                                                                              {"size": shape[1:]})})
-            if not shape or shape[0] != self.n:
+            if not self.per_image(shape):
                 return original(*args, **kwargs)
             return np.stack([call(np.random.default_rng(s)) for s in self._next()])
 
@@ -131,10 +138,11 @@ class _Draws:
 
 
 @contextlib.contextmanager
-def per_image_rng(seed: int, positions: Sequence[int]):
-    """Make every batch-shaped random draw of the enclosed attack call per-image (module docstring); yields an
-    object whose `batch_invariant` says, after the block, whether nothing else was drawn."""
-    draws = _Draws(seed, positions)
+def per_image_rng(seed: int, positions: Sequence[int], features: int):
+    """Make every image-shaped random draw of the enclosed attack call per-image (module docstring); `features`:
+    values per image. Yields an object whose `batch_invariant` says, after the block, whether nothing else was
+    drawn."""
+    draws = _Draws(seed, positions, features)
     numpy_state = np.random.get_state()
     originals = {name: getattr(np.random, name) for name in _NUMPY}
     factories = {name: getattr(torch, name) for name in _FACTORIES}

@@ -10,8 +10,9 @@ import torch
 
 PACKAGES = {"torch": "torch", "torchvision": "torchvision", "art": "adversarial-robustness-toolbox",
             "torchattacks": "torchattacks", "numpy": "numpy", "pandas": "pandas", "pillow": "pillow"}
-# The libraries whose version can change a number (pillow decodes JPEG/PNG data): every cache key carries them.
-NUMERIC = ("torch", "torchvision", "art", "torchattacks", "numpy", "pillow")
+# The libraries whose version can change a node's numbers, by kind of node (decoding libraries such as Pillow are
+# covered by the hash of the decoded pixels that every key carries).
+NUMERIC = {"model": ("torch", "torchvision"), "attack": ("torch", "torchvision", "numpy", "art", "torchattacks")}
 
 
 def versions() -> dict[str, str]:
@@ -24,8 +25,8 @@ def versions() -> dict[str, str]:
     return out
 
 
-def numeric_versions(versions: dict[str, str]) -> dict[str, str]:
-    return {k: versions[k] for k in NUMERIC}
+def numeric_versions(versions: dict[str, str], node: str) -> dict[str, str]:
+    return {k: versions[k] for k in NUMERIC[node]}
 
 
 def git_commit() -> str:

@@ -195,7 +195,8 @@ def finetune_images(results: dict, frame: pd.DataFrame) -> list[str]:
                       " (the base model had no validation split)")
             where += f"; the base model trained on {adv['seen_by_base']} of them"
         lines.append(f"- {name}: {where}; perturbed by `{adv['attack']}`.")
-    overlap = frame[frame["model"].isin(tuned) & (frame["finetune_overlap"] > 0)]
+    on_test = [name for name, info in tuned.items() if info.get("adversarial_set", {}).get("split") == "test"]
+    overlap = frame[frame["model"].isin(on_test)]
     if overlap.empty:
         return lines + [""]
     table = overlap.pivot_table(index=["model", "seed"], columns="size", values="finetune_overlap",
@@ -234,16 +235,22 @@ def departures(results: dict) -> list[str]:
             "- Evaluation images: every seed attacks a seeded random subset of the test split (prefixes of one "
             "permutation per seed); the authors' JSMA test script takes the first N test images in file order "
             "(`shuffle=False`), the same for every run.",
-            "- Their per-image loops (batch 1) are batched here; attacks are per-image deterministic, so batching "
-            "changes no number.", ""]
+            "- Their per-image loops (batch 1) are batched here; every random draw of these attacks is tied to an "
+            "image (adapters.rng), so on one device batching changes no number.", ""]
 
 
-def batch_dependence(frame: pd.DataFrame) -> list[str]:
-    if "batch_invariant" not in frame or frame["batch_invariant"].all():
+def batch_dependence(results: dict, frame: pd.DataFrame) -> list[str]:
+    """Attacks (in evaluations, or in the adversarial set a fine-tune learned from) that drew randomness no image
+    owns: their numbers can change with the attack batch size, and the cache does not key them by it."""
+    flagged = list(dict.fromkeys(frame.loc[~frame["batch_invariant"], "attack"])) if "batch_invariant" in frame \
+        else []
+    flagged += [f"{info['adversarial_set']['attack']} (adversarial set of {name})"
+                for name, info in results.get("models", {}).items()
+                if info.get("adversarial_set", {}).get("batch_invariant") is False]
+    if not flagged:
         return []
-    names = ", ".join(f"`{a}`" for a in dict.fromkeys(frame.loc[~frame["batch_invariant"], "attack"]))
-    return [f"**Batch-dependent attacks:** {names} drew randomness not tied to one image (adapters.rng), so "
-            "their numbers can change with the attack batch size.", ""]
+    return [f"**Batch-dependent attacks:** {', '.join(f'`{a}`' for a in flagged)} drew randomness not tied to "
+            "one image (adapters.rng), so their numbers can change with the attack batch size.", ""]
 
 
 def comparison(results: dict, means: pd.DataFrame, other: dict) -> list[str]:
@@ -468,7 +475,7 @@ def render(results: dict, run_dir: Path, *, against: dict | None = None, with_fi
     parts += verdicts(results, reps, against)
     parts += ["## Attacks side by side (cross-toolkit agreement)", ""] + agreement_table(means) + [""]
     parts += clamp_ablation(results, frame, means)
-    parts += finetune_images(results, frame) + departures(results) + batch_dependence(frame)
+    parts += finetune_images(results, frame) + departures(results) + batch_dependence(results, frame)
     parts += per_example_sections(results, examples_csv.load(run_dir))
     if against is not None:
         parts += comparison(results, means, against)

@@ -32,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from adapters import get_attack
+from adapters.base import exact_fp32
 from benchmark import data as datasets
 from benchmark import env, evaluate, examples, fingerprint, models, preflight, report, sources, train
 from benchmark.store import Store, atomic_json, tensors_hash
@@ -71,11 +72,11 @@ class Context:
     def timed(self, stage: str, seconds: float) -> None:
         self.timings[stage] = round(self.timings.get(stage, 0.0) + seconds, 3)
 
-    @property
-    def made_with(self) -> dict[str, Any]:
-        """What every artefact key carries besides its own inputs: the data, the libraries that can change a
-        number, and the kind of device (CPU and CUDA kernels round differently)."""
-        return {"data": self.data.identity["pixels"], "versions": env.numeric_versions(self.versions),
+    def made_with(self, node: str) -> dict[str, Any]:
+        """What every artefact key carries besides its own inputs: the data, the libraries that can change this
+        kind of node's numbers (env.NUMERIC: an ART upgrade re-runs attacks, not training), and the kind of
+        device (CPU and CUDA kernels round differently)."""
+        return {"data": self.data.identity["pixels"], "versions": env.numeric_versions(self.versions, node),
                 "device": self.device.type}
 
 
@@ -156,7 +157,7 @@ def build_model(ctx: Context, spec: ModelSpec) -> None:
     if spec.loaded:
         info = load_source(ctx, spec)
     elif spec.parent is None:
-        key = digest({"kind": "model", "entry": spec.entry, **ctx.made_with, "precision": _precision(ctx, True),
+        key = digest({"kind": "model", "entry": spec.entry, **ctx.made_with("model"), "precision": _precision(ctx, True),
                       "code": fingerprint.code(train_base, base_split, _save_model, train, models,
                                                datasets.augment)})[:24]
         info = ctx.store.get_json("model-info", key)
@@ -165,8 +166,9 @@ def build_model(ctx: Context, spec: ModelSpec) -> None:
     else:
         parent = ctx.model_info[spec.parent]
         adv_key, adv_info = build_adversarial_set(ctx, spec)
-        key = digest({"kind": "finetune", "entry": spec.entry, "parent": parent["weights"],
-                      "adversarial_set": adv_info["hash"], **ctx.made_with, "precision": _precision(ctx, False),
+        key = digest({"kind": "finetune", "entry": spec.entry, "parent": [parent["key"], parent["weights"]],
+                      "adversarial_set": adv_info["hash"], **ctx.made_with("model"),
+                      "precision": _precision(ctx, False),
                       "code": fingerprint.code(finetune, _save_model, train, models)})[:24]
         info = ctx.store.get_json("model-info", key)
         if info is None or ctx.store.get_tensors("models", key) is None:
@@ -179,7 +181,7 @@ def load_source(ctx: Context, spec: ModelSpec) -> dict:
     """A loaded model (benchmark.sources) enters the store like a trained one, keyed by what identifies it: the
     checkpoint's sha256 and its builder, or an in-memory module's weights and class source."""
     loaded = ctx.loaded_sources[spec.name]
-    key = digest({"kind": "loaded-model", "identity": loaded.identity, **ctx.made_with,
+    key = digest({"kind": "loaded-model", "identity": loaded.identity, **ctx.made_with("model"),
                   "code": fingerprint.code(load_source, _save_model, sources, models)})[:24]
     info = ctx.store.get_json("model-info", key)
     if info is None or ctx.store.get_tensors("models", key) is None:
@@ -271,7 +273,8 @@ def build_adversarial_set(ctx: Context, spec: ModelSpec) -> tuple[str, dict]:
     attack = get_attack(attack_entry["adapter"],
                         **{"seed": e["seed"], **{k: v for k, v in attack_entry.items() if k != "adapter"}})
     key = digest({"kind": "adversarial-set", "adapter": attack_entry["adapter"], "attack": attack.describe(),
-                  "parent": parent["weights"], "split": e["split"], "indices": idx.tolist(), **ctx.made_with,
+                  "parent": [parent["key"], parent["weights"]], "split": e["split"], "indices": idx.tolist(),
+                  **ctx.made_with("attack"),
                   "code": fingerprint.code(build_adversarial_set, finetune_sample, base_split,
                                            evaluate.attack_images, *fingerprint.attack_modules(attack))})[:24]
     info = ctx.store.get_json("adversarial-set-info", key)
@@ -294,9 +297,10 @@ def finetune(ctx: Context, spec: ModelSpec, key: str, adv_key: str, adv_info: di
     adv = ctx.store.get_tensors("adversarial-sets", adv_key, ctx.device)
     tuned = copy.deepcopy(load_model(ctx, spec.parent))
     torch.manual_seed(e["seed"])
-    history = fit(tuned, adv["images"], adv["labels"], epochs=e["epochs"], batch_size=e["batch_size"],
-                  schedule=Schedule(e["schedule"], lr=e["lr"], warmup=e["warmup"], final=e["final"]),
-                  seed=e["seed"], mixed_precision=False, desc=f"fine-tune {spec.name}")
+    with exact_fp32():  # no bf16 and no TF32: the perturbations it learns from are small
+        history = fit(tuned, adv["images"], adv["labels"], epochs=e["epochs"], batch_size=e["batch_size"],
+                      schedule=Schedule(e["schedule"], lr=e["lr"], warmup=e["warmup"], final=e["final"]),
+                      seed=e["seed"], mixed_precision=False, desc=f"fine-tune {spec.name}")
     return _save_model(ctx, key, tuned, {"name": spec.name, "kind": "finetune", "parent": spec.parent,
                                          "history": history.epochs, "adversarial_set": adv_info,
                                          "finetune_indices": adv["indices"].tolist(), "precision": "fp32"})
@@ -306,14 +310,16 @@ def plan_evaluations(ctx: Context) -> list[Evaluation]:
     size = max(ctx.suite.sizes)
     jobs = []
     for model in ctx.suite.matrix_models:
-        weights = ctx.model_info[model]["weights"]
+        # The model's key (its code and identity: a factory edit changes it, not always its weights) and weights.
+        weights, model_key = ctx.model_info[model]["weights"], ctx.model_info[model]["key"]
         for attack_name in ctx.suite.matrix_attacks:
             spec = ctx.suite.attacks[attack_name]
             for seed in ctx.suite.seeds:
                 attack = build_attack(spec, seed)
                 idx = evaluate.subset(len(ctx.data.test_y), size, seed)
-                key = digest({"kind": "evaluation", "weights": weights, "adapter": spec.adapter,
-                              "params": attack.describe(), "seed": seed, "indices": idx.tolist(), **ctx.made_with,
+                key = digest({"kind": "evaluation", "model": [model_key, weights], "adapter": spec.adapter,
+                              "params": attack.describe(), "seed": seed, "indices": idx.tolist(),
+                              **ctx.made_with("attack"),
                               "code": fingerprint.code(run_job, evaluate, *fingerprint.attack_modules(attack))})
                 jobs.append(Evaluation(model, weights, spec, seed, size, key[:24]))
     return jobs

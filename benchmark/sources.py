@@ -88,7 +88,9 @@ def parse(table: dict, where: str, fail: Callable[[str], UserError], suite_dir: 
         raise fail(f"{where}checkpoint {file.name}: expected {', '.join(SUFFIXES)}")
     entry["file"] = str(file)
     for key in ("mean", "std"):
-        value = table.get(key, [0.5] * 3 if builder == "arch" else None)  # the registry always normalizes
+        # The registry always normalizes: the paper's 0.5 unless given; RobustBench models take [0,1] images.
+        default = ([0.0] * 3 if key == "mean" else [1.0] * 3) if "robustbench" in table else [0.5] * 3
+        value = table.get(key, default if builder == "arch" else None)
         if value is not None and (len(value) != 3 or not all(isinstance(v, (int, float)) and not
                                                             isinstance(v, bool) for v in value)):
             raise fail(f"{where}{key} must be three numbers")
@@ -259,7 +261,7 @@ def import_factory(spec: str, suite_dir: Path, where: str):
                 raise
         else:
             module = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001  (user code: any import failure is one line)
+    except (Exception, SystemExit) as exc:  # noqa: BLE001  (user code: any import failure, sys.exit too, is one line)
         raise UserError(f"{where}: factory {spec}: cannot import {module_name} from {suite_dir} or the Python "
                         f"path ({_one_line(exc)})") from None
     fn = module

@@ -178,11 +178,12 @@ def accuracy_intervals(reps: dict[tuple[str, str], CellReplicates]) -> pd.DataFr
         lo["ADV"], hi["ADV"] = percentile(reps[key].adv)
         for z, size in enumerate(cell.sizes):
             for c, kind in enumerate(("ORIG", "ADV")):
-                if len(cell.seeds) == 1:
-                    l, h = wilson(int(cell.correct[0, :size, c].sum()), size)
-                    l, h = 100 * l, 100 * h
-                else:
-                    l, h = lo[kind][z], hi[kind][z]
+                # Wilson for one seed; for several, the bootstrap widened to at least the Wilson interval of the
+                # pooled images (a percentile bootstrap collapses to a point at 0% or 100%).
+                pooled = wilson(int(cell.correct[:, :size, c].sum()), size * len(cell.seeds))
+                l, h = 100 * pooled[0], 100 * pooled[1]
+                if len(cell.seeds) > 1:
+                    l, h = min(l, lo[kind][z]), max(h, hi[kind][z])
                 rows.append({"model": key[0], "attack": key[1], "size": size, "kind": kind, "lo": l, "hi": h})
     return pd.DataFrame(rows)
 

@@ -25,7 +25,7 @@ TOP_KEYS = {"schema", "name", "description", "profile", "data", "models", "attac
             "reference"}
 TOP_TYPES = {"name": str, "description": str, "profile": str}
 # Split sizes (train, test) of the sources whose size is known before loading them.
-KNOWN_SPLITS = {"cifar10": (50000, 10000)}
+KNOWN_SPLITS = {"cifar10": (50000, 10000), "cifar100": (50000, 10000)}
 PROFILES = ("paper", "paper-code", "custom")
 BASE_KEYS = {"arch": str, "mean": list, "std": list, "lr": float, "batch_size": int, "epochs": int,
              "augment": bool, "seed": int, "early_stop": dict, "train_images": int}

@@ -167,6 +167,9 @@ def test_robustbench_layout_and_wrapped_dict_load_offline(tmp_path, trained):
                "optimizer": "adam"}  # as RobustBench checkpoints come: DataParallel prefix, training extras
     torch.save(wrapped, zoo / "Mine2026.pt")
     model = 'robustbench = "Mine2026"\nmodel_dir = "zoo"\narch = "small-cnn"'
+    bare = load(_suite(tmp_path, model)).models["mine"].entry
+    assert bare["mean"] == [0.0] * 3 and bare["std"] == [1.0] * 3  # RobustBench models take [0,1] images
+    model += '\nmean = [0.5, 0.5, 0.5]\nstd = [0.5, 0.5, 0.5]'  # this net was trained behind a 0.5 normalization
     loaded = sources.load(load(_suite(tmp_path, model)).models["mine"].entry, 10, torch.rand(1, 3, 32, 32))
     assert _same_outputs(loaded.module, trained) and loaded.source["threat_model"] == "Linf"
     with pytest.raises(UserError, match=re.escape(str(tmp_path / "zoo" / "cifar10" / "L2" / "Mine2026.pt"))):

@@ -149,18 +149,24 @@ def test_attack_code_change_reruns_its_evaluations_and_nothing_upstream(tiny_sui
 
 
 def test_training_code_change_retrains_and_never_resumes_a_foreign_checkpoint(tiny_suite, tmp_path, monkeypatch):
-    path = tiny_suite()
-    runner.run_suite(path, tmp_path / "run", device="cpu", write_report=False)
-    before = json.loads((tmp_path / "run" / "results.json").read_text())["models"]["base"]["key"]
-    source = fingerprint._source
-    monkeypatch.setattr(fingerprint, "_source",
-                        lambda obj: source(obj) + ("# edited" if getattr(obj, "__name__", "") == "benchmark.train"
-                                                   else ""))
-    calls = _count_calls(monkeypatch)
-    runner.run_suite(path, tmp_path / "run", device="cpu", write_report=False)
-    after = json.loads((tmp_path / "run" / "results.json").read_text())["models"]["base"]["key"]
+    from benchmark.store import Store
+
+    path, out = tiny_suite(), tmp_path / "run"
+    runner.run_suite(path, out, device="cpu", write_report=False)
+    before = json.loads((out / "results.json").read_text())["models"]["base"]["key"]
+    store = Store(out / "artefacts")
+    store.drop("models", before)  # as if killed mid-training, leaving a checkpoint that cannot be resumed
+    store.put_state("checkpoints", before, {"not": "a checkpoint"})
+    with monkeypatch.context() as patch:
+        source = fingerprint._source
+        patch.setattr(fingerprint, "_source", lambda obj: source(obj) + (
+            "# edited" if getattr(obj, "__name__", "") == "benchmark.train" else ""))
+        calls = _count_calls(patch)
+        runner.run_suite(path, out, device="cpu", write_report=False)  # other code: the checkpoint is not read
+    after = json.loads((out / "results.json").read_text())["models"]["base"]["key"]
     assert before != after and calls["fit"] == 2  # base and fine-tune
-    assert not (tmp_path / "run" / "artefacts" / "checkpoints" / f"{after}.pt").exists()
+    with pytest.raises(KeyError):  # the code that wrote it does read it (the planted one is garbage)
+        runner.run_suite(path, out, device="cpu", write_report=False)
 
 
 def test_keys_hash_resolved_defaults_not_the_spelling(tiny_suite, tmp_path, monkeypatch):
@@ -182,9 +188,10 @@ def test_keys_carry_device_and_library_versions(tiny_suite):
     data = runner.prepare_data(suite, None)
     ctx = {d: runner.Context(suite, data, torch.device(d), None, {"torch": "1", "torchvision": "2",
            "art": "3", "torchattacks": "4", "numpy": "5", "pillow": "6", "pandas": "7"}) for d in ("cpu", "cuda")}
-    assert ctx["cpu"].made_with["device"] == "cpu" and ctx["cuda"].made_with["device"] == "cuda"
-    assert ctx["cpu"].made_with["data"] == data.identity["pixels"]
-    assert set(ctx["cpu"].made_with["versions"]) == {"torch", "torchvision", "art", "torchattacks", "numpy", "pillow"}
+    assert ctx["cpu"].made_with("model")["device"] == "cpu" and ctx["cuda"].made_with("attack")["device"] == "cuda"
+    assert ctx["cpu"].made_with("model")["data"] == data.identity["pixels"]
+    assert set(ctx["cpu"].made_with("model")["versions"]) == {"torch", "torchvision"}  # an ART upgrade: no retrain
+    assert set(ctx["cpu"].made_with("attack")["versions"]) == {"torch", "torchvision", "art", "torchattacks", "numpy"}
     assert runner._precision(ctx["cuda"], True) == "bf16-autocast" and runner._precision(ctx["cuda"], False) == "fp32"
 
 
@@ -245,11 +252,17 @@ def test_exact_fp32_turns_tf32_off_and_restores():
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def test_finetunes_train_in_fp32_and_base_models_may_use_bf16(tiny_suite, tmp_path, monkeypatch):
+def test_finetunes_train_in_exact_fp32_and_base_models_may_use_bf16(tiny_suite, tmp_path, monkeypatch):
     seen = []
     original = runner.fit
-    monkeypatch.setattr(runner, "fit", lambda *a, **k: seen.append(k.get("mixed_precision", True)) or original(*a, **k))
-    runner.run_suite(tiny_suite(), tmp_path / "run", device="cpu", write_report=False)
-    assert seen == [True, False]
+    monkeypatch.setattr(runner, "fit", lambda *a, **k: seen.append(
+        (k.get("mixed_precision", True), torch.backends.cudnn.allow_tf32)) or original(*a, **k))
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True  # CUDA's default
+    try:
+        runner.run_suite(tiny_suite(), tmp_path / "run", device="cpu", write_report=False)
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
+    assert seen == [(True, True), (False, False)]  # base: bf16 allowed on CUDA; fine-tune: neither bf16 nor TF32
     models = json.loads((tmp_path / "run" / "results.json").read_text())["models"]
     assert models["aft-fgsm"]["precision"] == "fp32" and models["base"]["made_on"].startswith("cpu")
