@@ -192,7 +192,7 @@ def finetune_images(results: dict, frame: pd.DataFrame) -> list[str]:
         elif adv["split"] == "train":
             held = adv["validation_excluded"]
             where += (f", disjoint from the base model's {held} early-stop validation images" if held else
-                      " (the base model had no validation split)")
+                      "; the base model had no validation split")
             where += f"; the base model trained on {adv['seen_by_base']} of them"
         lines.append(f"- {name}: {where}; perturbed by `{adv['attack']}`.")
     on_test = [name for name, info in tuned.items() if info.get("adversarial_set", {}).get("split") == "test"]
