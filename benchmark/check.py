@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pandas as pd
 from scipy.stats import fisher_exact
-from statsmodels.stats.contingency_tables import mcnemar
 from tabulate import tabulate
 
 from benchmark import examples as examples_csv
+from benchmark import stats
 from benchmark.errors import UserError
 from benchmark.report import cells, load_results
 
@@ -55,10 +55,8 @@ def _paired_p(mine: pd.DataFrame, base: pd.DataFrame, model: str, attack: str, s
     joined = select(mine).merge(select(base), left_index=True, right_index=True, suffixes=("", "_base"))
     if len(joined) == 0 or (joined["index"] != joined["index_base"]).any():
         return None
-    joined = joined.reset_index().sort_values(["seed", "position"]).drop_duplicates("index")
-    a, b = joined[column].to_numpy(dtype=bool), joined[f"{column}_base"].to_numpy(dtype=bool)
-    table = [[int((a & b).sum()), int((a & ~b).sum())], [int((~a & b).sum()), int((~a & ~b).sum())]]
-    return float(mcnemar(table, exact=True).pvalue), len(joined)
+    joined = stats.distinct_images(joined)
+    return stats.mcnemar_p(joined[column], joined[f"{column}_base"]), len(joined)
 
 
 def compare(run: dict, baseline: dict, *, alpha: float = 0.01, tolerance: float | None = None,

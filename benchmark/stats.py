@@ -231,13 +231,19 @@ def worst_case(examples: pd.DataFrame, attacks: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def mcnemar_p(a: np.ndarray, b: np.ndarray) -> float:
+    """McNemar's exact p-value for per-image correctness a and b (bool, same images)."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    table = [[int((a & b).sum()), int((a & ~b).sum())], [int((~a & b).sum()), int((~a & ~b).sum())]]
+    return float(mcnemar(table, exact=True).pvalue)
+
+
 def paired(a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> dict:
     """Paired comparison of per-image correctness a and b (bool, same images): accuracies (%), difference
     a - b (points) with its 95% paired bootstrap interval, discordant counts and McNemar's exact p-value."""
     a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
     a_only, b_only = int((a & ~b).sum()), int((~a & b).sum())
-    table = [[int((a & b).sum()), a_only], [b_only, int((~a & ~b).sum())]]
-    p = float(mcnemar(table, exact=True).pvalue)
+    p = mcnemar_p(a, b)
     diff = 100 * (a.mean() - b.mean())
     if a_only + b_only == 0:  # no discordant image: every resample has the same difference
         lo = hi = diff
