@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 from benchmark.errors import UserError
+from benchmark.graph import RunFailed
 
 
 class _Parser(argparse.ArgumentParser):
@@ -21,9 +22,17 @@ def build_parser() -> argparse.ArgumentParser:
                      description="Adversarial fine-tuning transfer benchmark (FGSM/JSMA on CIFAR-10 and beyond).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    run = sub.add_parser("run", help="run every cell of a suite (resumes from finished work)")
-    run.add_argument("suite", help="suite TOML file, e.g. suites/paper.toml")
-    run.add_argument("--out", help="output folder (default: runs/<suite name>)")
+    run = sub.add_parser("run", help="run every cell of one or more suites (resumes from finished work)")
+    run.add_argument("suites", nargs="+", metavar="SUITE", help="suite TOML file(s), e.g. suites/paper.toml")
+    run.add_argument("--out", help="output folder (default: runs/<suite name>); with several suites, the folder "
+                                   "that holds one folder per suite (default: runs)")
+    run.add_argument("--store", help="artefact store shared by the suites (default: OUT/artefacts for one suite, "
+                                     "the folder above the suites' folders for several); on a cluster, a folder "
+                                     "every worker can read and write")
+    run.add_argument("--executor", choices=("local", "ray"), default="local",
+                     help="local (default): this process; ray: one Ray task per node (pip install '.[ray]')")
+    run.add_argument("--address", help="with --executor ray: join this running Ray cluster ('auto' or HOST:PORT) "
+                                       "instead of starting a local instance")
     run.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     run.add_argument("--data-dir", help="CIFAR-10/100 root, or an image folder / .tar.gz standing in for it "
                                         "(default: the suite's data.path, else $BENCH_DATA_DIR, else the cache)")
@@ -64,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RunFailed as exc:  # a node raised: what does not depend on it finished and is kept
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\ninterrupted; finished work is kept and a rerun resumes from it", file=sys.stderr)  # after a bar
         return 130
@@ -89,16 +101,30 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         from tabulate import tabulate
 
-        from benchmark.runner import run_suite
+        from benchmark.runner import run_suites
         from benchmark.suite import load
 
-        suite = load(args.suite)
-        out = Path(args.out) if args.out else Path("runs") / suite.name
-        frame = run_suite(suite, out, device=args.device, data_dir=args.data_dir)
-        table = (frame.groupby(["model", "attack", "size"], sort=False)[["orig_acc", "adv_acc", "ratio"]]
-                 .mean().reset_index())
-        print(tabulate(table, headers="keys", tablefmt="github", floatfmt=".3f", showindex=False))
-        print(f"\nresults: {out / 'results.json'}\nreport:  {out / 'report.md'}")
+        if args.address and args.executor != "ray":
+            raise UserError("--address needs --executor ray")
+        suites = [load(path) for path in args.suites]
+        if len(suites) == 1:
+            outs = [Path(args.out) if args.out else Path("runs") / suites[0].name]
+            store = args.store
+        else:
+            outs, store = [Path(args.out or "runs") / s.name for s in suites], args.store
+        executor = _executor(args)
+        try:
+            frames = run_suites(suites, outs, device=args.device, data_dir=args.data_dir, executor=executor,
+                                store=store)
+        finally:
+            executor.close()
+        for suite, frame, out in zip(suites, frames, outs):
+            table = (frame.groupby(["model", "attack", "size"], sort=False)[["orig_acc", "adv_acc", "ratio"]]
+                     .mean().reset_index())
+            if len(suites) > 1:
+                print(f"\n{suite.name}")
+            print(tabulate(table, headers="keys", tablefmt="github", floatfmt=".3f", showindex=False))
+            print(f"\nresults: {out / 'results.json'}\nreport:  {out / 'report.md'}")
         return 0
     if args.command == "report":
         from benchmark import report
@@ -118,3 +144,15 @@ def _dispatch(args: argparse.Namespace) -> int:
                         out=Path(args.out) if args.out else None))
         return 0
     raise AssertionError(args.command)
+
+
+def _executor(args: argparse.Namespace):
+    if args.executor == "local":
+        from benchmark.executor import LocalExecutor
+
+        return LocalExecutor()
+    try:
+        from benchmark.ray_executor import RayExecutor
+    except ImportError:
+        raise UserError("--executor ray needs Ray: pip install '.[ray]' (or pip install ray)") from None
+    return RayExecutor(args.address)

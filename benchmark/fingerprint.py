@@ -36,3 +36,19 @@ def attack_modules(attack: Attack) -> list[Any]:
     names = {cls.__module__ for cls in type(attack).__mro__ if cls.__module__.startswith("adapters")}
     names |= {"adapters.base", "adapters.rng"}
     return [sys.modules[name] for name in sorted(names)]
+
+
+def packages() -> str:
+    """sha256 over every source file of our two packages as they are on disk: a worker whose checkout differs
+    from the driver's refuses to compute (it would key and compute nodes with other code)."""
+    from pathlib import Path
+
+    import adapters
+    import benchmark
+
+    digest = hashlib.sha256()
+    for package in (benchmark, adapters):
+        root = Path(package.__file__).parent
+        for path in sorted(root.rglob("*.py")):
+            digest.update(str(path.relative_to(root.parent)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]

@@ -1,15 +1,17 @@
-"""The runner: a suite becomes a graph (data -> base models -> adversarial sets -> fine-tuned models -> evaluations)
-run on one device, every node cached under a key that hashes everything that determines it.
+"""The runner: suites become one graph (data -> base models -> adversarial sets -> fine-tuned models ->
+evaluations, benchmark.graph) that an executor runs (benchmark.executor: in this process by default, or on Ray),
+every node cached in a store under a key that hashes everything that determines it.
 
-Keys: every key carries a hash of the data's pixels and labels, the versions of the libraries that can change a number, the kind of
-device, and a fingerprint of the code that computes the node (benchmark.fingerprint). Besides, a base model hashes
-its suite entry (defaults filled in) and its precision; a fine-tune its entry, its parent's weights hash and its
-adversarial set's hash; an adversarial set its attack's resolved parameters (`Attack.describe()`, defaults
-included), the parent's weights and the image indices; an evaluation the model's weights, the attack's resolved
-parameters, the seed and its image indices. So a rerun after a change of an attack's code or defaults re-runs
-that attack's evaluations and adversarial sets and nothing upstream, and a training checkpoint is resumed only
-by the code that wrote it. A rerun reuses what finished; kill -9 loses at most the node in flight, and for base
-training only the epochs since its last checkpoint (at most about a minute's work).
+Keys: every key carries a hash of the data's pixels and labels, the versions of the libraries that can change a
+number, the kind of device (and on a CPU the thread count), and a fingerprint of the code that computes the node
+(benchmark.fingerprint). Besides, a base model hashes its suite entry (defaults filled in) and its precision; a
+fine-tune its entry, its parent's weights hash and its adversarial set's hash; an adversarial set its attack's
+resolved parameters (`Attack.describe()`, defaults included), the parent's weights and the image indices; an
+evaluation the model's weights, the attack's resolved parameters, the seed and its image indices. So a rerun after
+a change of an attack's code or defaults re-runs that attack's evaluations and adversarial sets and nothing
+upstream, and a training checkpoint is resumed only by the code that wrote it. A rerun reuses what finished;
+kill -9 loses at most the nodes in flight, and for base training only the epochs since its last checkpoint (at
+most about a minute's work). Several suites in one command share the store, and a node they share runs once.
 
 A loaded model (benchmark.sources) hashes its checkpoint file's sha256 (not its path) and its builder (a factory's
 module source too); an in-memory module its weights and the source of its classes.
@@ -17,24 +19,30 @@ module source too); an in-memory module its weights and the source of its classe
 Random draws: training follows the recipe's seed; an attack's draws follow the evaluation seed and each image's
 position (adapters.rng), so the attack batch size, which follows free memory on a GPU, changes no number.
 
-Evaluations are pure functions of their job (`Evaluation`), run through an executor: `LocalExecutor` runs them
-in-process; a distributed one only has to provide `map`.
+Nodes are pure functions of their suite's context (`Work.context()`) and their dependencies' values, so an
+executor may run them in any process that sees the store; the driver writes results.json and the report.
 """
 from __future__ import annotations
 
 import copy
+import os
+import platform
 import time
+import uuid
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import torch
-from tqdm.auto import tqdm
 
 from adapters import get_attack
 from adapters.base import exact_fp32
 from benchmark import data as datasets
 from benchmark import env, evaluate, examples, fingerprint, models, preflight, report, sources, train
+from benchmark.errors import UserError
+from benchmark.executor import Executor, LocalExecutor
+from benchmark.graph import Node, Outcome, RunFailed
 from benchmark.store import Store, atomic_json, tensors_hash
 from benchmark.suite import AttackSpec, ModelSpec, Suite, check_sizes, digest, load
 from benchmark.train import Checkpoint, Schedule, fit, predict
@@ -43,94 +51,218 @@ from benchmark.train import Checkpoint, Schedule, fit, predict
 @dataclass(frozen=True)
 class Evaluation:
     model: str
-    model_hash: str
     attack: AttackSpec
     seed: int
     size: int  # the largest evaluation size: smaller ones are its prefixes
-    key: str
-
-
-class LocalExecutor:
-    """Runs jobs one after another in this process, with a progress bar and an ETA."""
-
-    def map(self, fn: Callable[[Evaluation], Any], jobs: list[Evaluation], desc: str) -> list[Any]:
-        return [fn(job) for job in tqdm(jobs, desc=desc, unit="eval", dynamic_ncols=True)]
 
 
 @dataclass
 class Context:
+    """One suite's context in the process that computes its nodes (built by Work.context())."""
     suite: Suite
     data: datasets.Dataset
     device: torch.device
     store: Store
     versions: dict[str, str]
-    timings: dict[str, float] = field(default_factory=dict)
-    model_info: dict[str, dict] = field(default_factory=dict)
+    model_info: dict[str, dict] = field(default_factory=dict)  # the models this process's nodes depend on
     loaded_sources: dict[str, sources.Loaded] = field(default_factory=dict)  # models loaded, not trained
+    threads: int = field(default_factory=torch.get_num_threads)
     _loaded: dict[str, torch.nn.Module] = field(default_factory=dict)
-
-    def timed(self, stage: str, seconds: float) -> None:
-        self.timings[stage] = round(self.timings.get(stage, 0.0) + seconds, 3)
 
     def made_with(self, node: str) -> dict[str, Any]:
         """What every artefact key carries besides its own inputs: the data, the libraries that can change this
-        kind of node's numbers (env.NUMERIC: an ART upgrade re-runs attacks, not training), and the kind of
-        device (CPU and CUDA kernels round differently)."""
+        kind of node's numbers (env.NUMERIC: an ART upgrade re-runs attacks, not training), the kind of device
+        (CPU and CUDA kernels round differently) and on a CPU the thread count (oneDNN's convolutions round
+        differently with another: a key never serves a number computed otherwise)."""
         return {"data": self.data.identity["pixels"], "versions": env.numeric_versions(self.versions, node),
-                "device": self.device.type}
+                "device": self.device.type, **({"cpu_threads": self.threads} if self.device.type == "cpu" else {})}
+
+
+@dataclass
+class Work:
+    """A suite's share of a command, as every worker needs it (benchmark.graph.Work): its data on the CPU, its
+    loaded models, the store's folder and the driver's library versions and code, which a worker checks."""
+    suite: Suite
+    data: datasets.Dataset
+    device: torch.device
+    store_root: Path
+    versions: dict[str, str]
+    loaded_sources: dict[str, sources.Loaded]
+    code: str = field(default_factory=fingerprint.packages)
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @property
+    def by_value(self) -> list:
+        return sources.unimportable_modules(self.loaded_sources.values())
+
+    def context(self) -> Context:
+        here = env.versions()
+        differ = [f"{k} {here[k]} (driver {self.versions[k]})" for k in env.NUMERIC["attack"]
+                  if here[k] != self.versions[k]]
+        if differ or fingerprint.packages() != self.code:
+            raise RuntimeError(f"worker {platform.node()} has other {'code' if not differ else ', '.join(differ)} "
+                               "than the driver: every worker needs the driver's environment and checkout")
+        return Context(self.suite, self.data.to(self.device), self.device, Store(self.store_root), self.versions,
+                       loaded_sources=self.loaded_sources)
 
 
 def run_suite(suite: Suite | str | Path, out: str | Path | None = None, *, device: str = "auto",
-              data_dir: str | Path | None = None, executor: LocalExecutor | None = None,
+              data_dir: str | Path | None = None, executor: Executor | None = None, store: str | Path | None = None,
               write_report: bool = True, models: dict[str, torch.nn.Module] | None = None):
     """Run every cell of a suite; return a pandas DataFrame with one row per (model, attack, seed, size).
 
     models: modules built in Python ({"mine": net}, [0,1] images in, logits out): a name the suite declares
-    `provided = true` takes its module; any other joins the suite's models and its matrix."""
+    `provided = true` takes its module; any other joins the suite's models and its matrix.
+    executor: LocalExecutor() (default) or benchmark.ray_executor.RayExecutor(...); store: the artefact folder
+    (default OUT/artefacts)."""
+    return run_suites([suite], [out] if out is not None else None, device=device, data_dir=data_dir,
+                      executor=executor, store=store, write_report=write_report, models=models)[0]
+
+
+def run_suites(suites: list[Suite | str | Path], outs: list[str | Path] | None = None, *, device: str = "auto",
+               data_dir: str | Path | None = None, executor: Executor | None = None,
+               store: str | Path | None = None, write_report: bool = True,
+               models: dict[str, torch.nn.Module] | None = None):
+    """Several suites as one graph over one store: a node two suites share (same data, recipe, attack...) runs
+    once. One results folder per suite (default runs/<name>); the store defaults to OUT/artefacts for one suite
+    and to artefacts/ in the folder above the suites' folders for several. Returns one DataFrame per suite.
+    A failing node raises graph.RunFailed after every node that does not depend on it has finished; the suites it
+    does not touch are written."""
+    suites = [sources.with_provided(s if isinstance(s, Suite) else load(s), models or {}) for s in suites]
+    outs = [Path(o) for o in outs] if outs else [Path("runs") / s.name for s in suites]
+    if len(set(map(str, outs))) < len(outs):
+        raise UserError("two suites would write to one results folder: give them different names")
+    store_root = Path(store) if store else (outs[0] if len(outs) == 1 else Path(os.path.commonpath(outs)))
+    store_root = store_root / "artefacts" if not store else store_root
+    for folder in (*outs, store_root):
+        preflight.check_writable(folder)
+    started = time.perf_counter()
+    loaded_data: dict[str, datasets.Dataset] = {}
+    prepared = []  # everything that can refuse bad input, before an executor starts
+    for suite in suites:
+        data = prepare_data(suite, data_dir, loaded_data)
+        prepared.append((data, sources.load_all(suite, len(data.classes), data.test_x[:1].float() / 255,
+                                                models or {})))
+    executor = executor or LocalExecutor()
+    torch_device = executor.device(device)
+    claims = [preflight.Claim(out) for out in outs]  # held until this call returns: another run on one refuses
+    works = [Work(suite, data, torch_device, store_root, env.versions(), loaded)
+             for suite, (data, loaded) in zip(suites, prepared)]
+    data_seconds = time.perf_counter() - started
+    nodes, plans = plan_graph(works)
+    outcome = executor.run(nodes, {w.token: w for w in works})
+    failed, skipped = outcome.failures(nodes)
+    lost = {n.id for n in failed + skipped}
+    frames = []
+    for work, plan, out in zip(works, plans, outs):
+        if lost.isdisjoint(plan.node_ids):
+            frames.append(write_run(work, plan, outcome, out, executor.describe(), data_seconds, started,
+                                    write_report))
+    for claim in claims:
+        claim.release()
+    if failed:
+        raise RunFailed(failed, skipped, outcome.errors)
+    return frames
+
+
+@dataclass
+class Plan:
+    """One suite's nodes: its models' node ids and its evaluations with theirs."""
+    models: dict[str, str]
+    evaluations: list[tuple[Evaluation, str]]
+    node_ids: set[str]
+    stages: dict[str, str]  # node id -> timing label
+
+
+def plan_graph(works: list[Work]) -> tuple[list[Node], list[Plan]]:
+    """Every suite's nodes in one graph. A node's id hashes what determines it with its dependencies' ids in
+    place of their values (weights are known only once computed), so equal nodes of two suites are one."""
+    nodes: dict[str, Node] = {}
+    plans = []
+
+    def add(node: Node, plan: Plan) -> str:
+        nodes.setdefault(node.id, node)
+        plan.node_ids.add(node.id)
+        plan.stages[node.id] = node.stage
+        return node.id
+
+    for work in works:
+        suite, plan = work.suite, Plan({}, [], set(), {})
+        same = {"data": work.data.identity["pixels"], "device": work.device.type}
+        for spec in suite.models.values():
+            stage, e = f"model:{spec.name}", spec.entry
+            if spec.parent is None:
+                what = (work.loaded_sources[spec.name].identity if spec.loaded else e)
+                node = Node(digest(["model", what, same]), f"{'load' if spec.loaded else 'train'} {spec.name}",
+                            stage, work.token, (), partial(base_model_node, name=spec.name))
+                plan.models[spec.name] = add(node, plan)
+                continue
+            parent = plan.models[spec.parent]
+            adv = add(Node(digest(["adversarial-set", e, parent, same]), f"perturb {e['images']} for {spec.name}",
+                           stage, work.token, (parent,), partial(adversarial_set_node, name=spec.name,
+                                                                 parent=parent)), plan)
+            plan.models[spec.name] = add(Node(
+                digest(["finetune", e, parent, adv, same]), f"fine-tune {spec.name}", stage, work.token,
+                (parent, adv), partial(finetune_node, name=spec.name, parent=parent, adversarial_set=adv)), plan)
+        size = max(suite.sizes)
+        for model in suite.matrix_models:
+            for attack_name in suite.matrix_attacks:
+                spec = suite.attacks[attack_name]
+                for seed in suite.seeds:
+                    job = Evaluation(model, spec, seed, size)
+                    what = [spec.adapter, build_attack(spec, seed).describe(), seed, size]
+                    node = Node(digest(["evaluation", plan.models[model], what, same]),
+                                f"{attack_name} on {model} (seed {seed})", f"attack:{attack_name}", work.token,
+                                (plan.models[model],), partial(evaluation_node, job=job, model=plan.models[model]))
+                    plan.evaluations.append((job, add(node, plan)))
+        plans.append(plan)
+    return list(nodes.values()), plans
+
+
+def write_run(work: Work, plan: Plan, outcome: Outcome, out: Path, executor: dict, data_seconds: float,
+              started: float, write_report: bool):
+    """A suite's results.json, examples.csv, run.json and report, from the graph's values."""
     import pandas as pd
 
-    suite = suite if isinstance(suite, Suite) else load(suite)
-    suite = sources.with_provided(suite, models or {})
-    out = Path(out) if out is not None else Path("runs") / suite.name
-    torch_device = env.resolve_device(device)
-    preflight.check_writable(out)
-    started = time.perf_counter()
-    data = prepare_data(suite, data_dir)
-    loaded = sources.load_all(suite, len(data.classes), data.test_x[:1].float() / 255, models or {})
-    _claim = preflight.Claim(out)  # held until this call returns: a second run on `out` refuses meanwhile
-    ctx = Context(suite, data.to(torch_device), torch_device, Store(out / "artefacts"),
-                  env.versions(), loaded_sources=loaded)
-    ctx.timed("data", time.perf_counter() - started)
-    for spec in suite.models.values():
-        build_model(ctx, spec)
-    jobs = plan_evaluations(ctx)
-    outcomes = (executor or LocalExecutor()).map(lambda job: run_job(ctx, job), jobs, desc="evaluations")
-    rows = summarize(ctx, jobs, outcomes)
+    suite, data = work.suite, work.data
+    model_info = {name: {**outcome.values[node], "name": name} for name, node in plan.models.items()}
+    jobs = [job for job, _ in plan.evaluations]
+    outcomes = [outcome.values[node] for _, node in plan.evaluations]
+    rows = summarize(suite, model_info, len(data.classes), jobs, outcomes)
+    device = device_label(work.device, executor["cpu_threads"])
     results = {"suite": suite.raw, "suite_name": suite.name, "suite_hash": suite.hash, "profile": suite.profile,
-               "plan": suite.plan(), "data": data.identity, "device": env.device_name(torch_device),
-               "versions": ctx.versions, "git_commit": env.git_commit(), "models": ctx.model_info,
-               "reference": suite.reference, "classes": data.classes, "cells": rows}
+               "plan": suite.plan(), "data": data.identity, "device": device, "executor": executor, "versions": work.versions, "git_commit": env.git_commit(),
+               "models": model_info, "reference": suite.reference, "classes": data.classes, "cells": rows}
     examples.write(out / examples.FILE, jobs, outcomes)  # first: a results.json always has its examples
     atomic_json(out / "results.json", results)
-    ctx.timed("total", time.perf_counter() - started)
-    atomic_json(out / "run.json", {"timings_s": ctx.timings, "device": env.device_name(torch_device),
-                                   "suite_hash": suite.hash})
+    timings = {"data": round(data_seconds, 3)}
+    for node, stage in plan.stages.items():  # seconds the nodes took where they ran (in parallel on Ray)
+        timings[stage] = round(timings.get(stage, 0.0) + outcome.seconds.get(node, 0.0), 3)
+    timings["total"] = round(time.perf_counter() - started, 3)
+    atomic_json(out / "run.json", {"timings_s": timings, "device": results["device"],
+                                   "executor": executor, "suite_hash": suite.hash})
     if write_report:
         report.write(out)
     return pd.DataFrame(rows)
 
 
-def prepare_data(suite: Suite, data_dir) -> datasets.Dataset:
-    """Load the data and check the suite against it before anything is written."""
+def prepare_data(suite: Suite, data_dir, loaded: dict[str, datasets.Dataset] | None = None) -> datasets.Dataset:
+    """Load the data (once per source and folder in `loaded`) and check the suite against it before anything is
+    written."""
     spec = suite.data
     if data_dir is None and "path" in spec:
         data_dir = suite.path.parent / spec["path"]
-    data = datasets.load(spec["source"], data_dir,
-                         synthetic_size=(spec.get("train", 5000), spec.get("test", 2000)))
-    # The pixels and labels themselves, hashed: what keys carry, so a change of loading code that leaves them
-    # as they were recomputes nothing, and one that changes them recomputes everything.
-    data.identity = {**data.identity, "pixels": tensors_hash({"train_x": data.train_x, "train_y": data.train_y,
-                                                              "test_x": data.test_x, "test_y": data.test_y})[:24]}
+    size = (spec.get("train", 5000), spec.get("test", 2000))
+    where = repr([spec["source"], str(Path(data_dir).resolve()) if data_dir else None, size])
+    loaded = {} if loaded is None else loaded
+    if where not in loaded:
+        data = datasets.load(spec["source"], data_dir, synthetic_size=size)
+        # The pixels and labels themselves, hashed: what keys carry, so a change of loading code that leaves them
+        # as they were recomputes nothing, and one that changes them recomputes everything.
+        data.identity = {**data.identity, "pixels": tensors_hash(
+            {"train_x": data.train_x, "train_y": data.train_y, "test_x": data.test_x, "test_y": data.test_y})[:24]}
+        loaded[where] = data
+    data = loaded[where]
     check_sizes(suite, len(data.train_y), len(data.test_y))
     preflight.check_models(suite, data)
     return data
@@ -151,30 +283,55 @@ def load_model(ctx: Context, name: str) -> torch.nn.Module:
     return ctx._loaded[name]
 
 
-def build_model(ctx: Context, spec: ModelSpec) -> None:
-    """Train (or reuse) one model; fills ctx.model_info[spec.name]."""
-    started = time.perf_counter()
+# ----------------------------------------------------------------------------------------------- graph nodes
+# Each is fn(ctx, values, **its names): values maps dependency node ids to their values (model info dicts,
+# adversarial-set records); what it computes goes to the store under its key, and its value is small.
+
+def base_model_node(ctx: Context, values: dict, *, name: str) -> dict:
+    """Train (or reuse) a base model, or store a loaded one; its info."""
+    spec = ctx.suite.models[name]
     if spec.loaded:
-        info = load_source(ctx, spec)
-    elif spec.parent is None:
-        key = digest({"kind": "model", "entry": spec.entry, **ctx.made_with("model"), "precision": _precision(ctx, True),
-                      "code": fingerprint.code(train_base, base_split, _save_model, train, models,
-                                               datasets.augment)})[:24]
-        info = ctx.store.get_json("model-info", key)
-        if info is None or ctx.store.get_tensors("models", key) is None:
-            info = train_base(ctx, spec, key)
-    else:
-        parent = ctx.model_info[spec.parent]
-        adv_key, adv_info = build_adversarial_set(ctx, spec)
-        key = digest({"kind": "finetune", "entry": spec.entry, "parent": [parent["key"], parent["weights"]],
-                      "adversarial_set": adv_info["hash"], **ctx.made_with("model"),
-                      "precision": _precision(ctx, False),
-                      "code": fingerprint.code(finetune, _save_model, train, models)})[:24]
-        info = ctx.store.get_json("model-info", key)
-        if info is None or ctx.store.get_tensors("models", key) is None:
-            info = finetune(ctx, spec, key, adv_key, adv_info)
-    ctx.model_info[spec.name] = {**info, "source": info.get("source") or _recipe_source(spec)}
-    ctx.timed(f"model:{spec.name}", time.perf_counter() - started)
+        return _with_source(load_source(ctx, spec), spec)
+    key = digest({"kind": "model", "entry": spec.entry, **ctx.made_with("model"), "precision": _precision(ctx, True),
+                  "code": fingerprint.code(train_base, base_split, _save_model, train, models,
+                                           datasets.augment)})[:24]
+    info = ctx.store.get_json("model-info", key)
+    if info is None or ctx.store.get_tensors("models", key) is None:
+        info = train_base(ctx, spec, key)
+    return _with_source(info, spec)
+
+
+def adversarial_set_node(ctx: Context, values: dict, *, name: str, parent: str) -> dict:
+    """The images a fine-tune trains on, perturbed against its parent: {"key", "info"}."""
+    spec = ctx.suite.models[name]
+    ctx.model_info[spec.parent] = values[parent]
+    key, info = build_adversarial_set(ctx, spec)
+    return {"key": key, "info": info}
+
+
+def finetune_node(ctx: Context, values: dict, *, name: str, parent: str, adversarial_set: str) -> dict:
+    """Fine-tune (or reuse) a model on its adversarial set; its info."""
+    spec = ctx.suite.models[name]
+    ctx.model_info[spec.parent] = parent_info = values[parent]
+    adv = values[adversarial_set]
+    key = digest({"kind": "finetune", "entry": spec.entry, "parent": [parent_info["key"], parent_info["weights"]],
+                  "adversarial_set": adv["info"]["hash"], **ctx.made_with("model"),
+                  "precision": _precision(ctx, False),
+                  "code": fingerprint.code(finetune, _save_model, train, models)})[:24]
+    info = ctx.store.get_json("model-info", key)
+    if info is None or ctx.store.get_tensors("models", key) is None:
+        info = finetune(ctx, spec, key, adv["key"], adv["info"])
+    return _with_source(info, spec)
+
+
+def evaluation_node(ctx: Context, values: dict, *, job: Evaluation, model: str) -> dict:
+    """One evaluation's per-image outcome (evaluate.run_evaluation), reused when its key is stored."""
+    ctx.model_info[job.model] = values[model]
+    return run_job(ctx, job)
+
+
+def _with_source(info: dict, spec: ModelSpec) -> dict:
+    return {**info, "source": info.get("source") or _recipe_source(spec)}
 
 
 def load_source(ctx: Context, spec: ModelSpec) -> dict:
@@ -197,13 +354,20 @@ def _recipe_source(spec: ModelSpec) -> dict:
     return {"kind": "trained", "arch": e["arch"], "epochs": e["epochs"], "seed": e["seed"]}
 
 
+def device_label(device: torch.device, threads: int | None) -> str:
+    """The device as results and model infos name it; on a CPU with its thread count, which keys carry."""
+    if device.type != "cpu" or not threads:
+        return env.device_name(device)
+    return f"{env.device_name(device)}, {threads} thread{'s' if threads > 1 else ''}"
+
+
 def _precision(ctx: Context, mixed: bool) -> str:
     return "bf16-autocast" if mixed and ctx.device.type == "cuda" else "fp32"
 
 
 def _save_model(ctx: Context, key: str, model: torch.nn.Module, info: dict) -> dict:
     state = {k: v for k, v in model.state_dict().items()}
-    info = {**info, "key": key, "weights": tensors_hash(state), "made_on": env.device_name(ctx.device),
+    info = {**info, "key": key, "weights": tensors_hash(state), "made_on": device_label(ctx.device, ctx.threads),
             "test_acc": float((predict(model, ctx.data.test_x) == ctx.data.test_y).float().mean())}
     ctx.store.put_tensors("models", key, state)
     ctx.store.put_json("model-info", key, info)
@@ -306,56 +470,49 @@ def finetune(ctx: Context, spec: ModelSpec, key: str, adv_key: str, adv_info: di
                                          "finetune_indices": adv["indices"].tolist(), "precision": "fp32"})
 
 
-def plan_evaluations(ctx: Context) -> list[Evaluation]:
-    size = max(ctx.suite.sizes)
-    jobs = []
-    for model in ctx.suite.matrix_models:
-        # The model's key (its code and identity: a factory edit changes it, not always its weights) and weights.
-        weights, model_key = ctx.model_info[model]["weights"], ctx.model_info[model]["key"]
-        for attack_name in ctx.suite.matrix_attacks:
-            spec = ctx.suite.attacks[attack_name]
-            for seed in ctx.suite.seeds:
-                attack = build_attack(spec, seed)
-                idx = evaluate.subset(len(ctx.data.test_y), size, seed)
-                key = digest({"kind": "evaluation", "model": [model_key, weights], "adapter": spec.adapter,
-                              "params": attack.describe(), "seed": seed, "indices": idx.tolist(),
-                              **ctx.made_with("attack"),
-                              "code": fingerprint.code(run_job, evaluate, *fingerprint.attack_modules(attack))})
-                jobs.append(Evaluation(model, weights, spec, seed, size, key[:24]))
-    return jobs
-
-
 def build_attack(spec: AttackSpec, seed: int):
     """The attack of one evaluation: its random draws follow the evaluation seed unless the suite fixes one."""
     return get_attack(spec.adapter, **{"seed": seed, **spec.params})
 
 
+def evaluation_key(ctx: Context, job: Evaluation) -> str:
+    """The model's key (its code and identity: a factory edit changes it, not always its weights) and weights,
+    the attack's resolved parameters, the seed and the images."""
+    info = ctx.model_info[job.model]
+    return digest({"kind": "evaluation", "model": [info["key"], info["weights"]], "adapter": job.attack.adapter,
+                   "params": build_attack(job.attack, job.seed).describe(), "seed": job.seed,
+                   "indices": evaluate.subset(len(ctx.data.test_y), job.size, job.seed).tolist(),
+                   **ctx.made_with("attack"),
+                   "code": fingerprint.code(run_job, evaluate,
+                                            *fingerprint.attack_modules(build_attack(job.attack, job.seed)))})[:24]
+
+
 def run_job(ctx: Context, job: Evaluation) -> dict:
-    cached = ctx.store.get_json("evaluations", job.key)
+    key = evaluation_key(ctx, job)
+    cached = ctx.store.get_json("evaluations", key)
     if cached is not None:
         return cached
-    started = time.perf_counter()
     idx = evaluate.subset(len(ctx.data.test_y), job.size, job.seed).to(ctx.device)
     outcome = evaluate.run_evaluation(load_model(ctx, job.model), build_attack(job.attack, job.seed),
                                       ctx.data.test_x[idx], ctx.data.test_y[idx], ctx.suite.eval_batch_size,
                                       desc=f"{job.attack.name} on {job.model} (seed {job.seed})")
     outcome["indices"] = idx.tolist()
-    ctx.store.put_json("evaluations", job.key, outcome)
-    ctx.timed(f"attack:{job.attack.name}", time.perf_counter() - started)
+    ctx.store.put_json("evaluations", key, outcome)
     return outcome
 
 
-def summarize(ctx: Context, jobs: Iterable[Evaluation], outcomes: Iterable[dict]) -> list[dict]:
+def summarize(suite: Suite, model_info: dict[str, dict], num_classes: int, jobs: Iterable[Evaluation],
+              outcomes: Iterable[dict]) -> list[dict]:
     rows = []
     for job, outcome in zip(jobs, outcomes):
-        tuned_on = set(ctx.model_info[job.model].get("finetune_indices", []))
-        test_split = ctx.suite.models[job.model].entry.get("split") == "test"
-        for size in ctx.suite.sizes:
+        tuned_on = set(model_info[job.model].get("finetune_indices", []))
+        test_split = suite.models[job.model].entry.get("split") == "test"
+        for size in suite.sizes:
             row = {"model": job.model, "attack": job.attack.name, "attack_family": job.attack.family,
                    "adapter": job.attack.adapter, "seed": job.seed, "size": size,
                    "sweep": list(job.attack.sweep) if job.attack.sweep else None,
                    "batch_invariant": outcome.get("batch_invariant", True),
-                   **evaluate.summarize(outcome, size, len(ctx.data.classes))}
+                   **evaluate.summarize(outcome, size, num_classes)}
             # Images the model was fine-tuned on that it is now evaluated on (the paper's code drew both from
             # the test split).
             row["finetune_overlap"] = (sum(i in tuned_on for i in outcome["indices"][:size])

@@ -22,7 +22,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -37,6 +37,9 @@ KEYS = {"checkpoint": str, "robustbench": str, "model_dir": str, "dataset": str,
 SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 WRAPPERS = ("state_dict", "model_state_dict", "model", "net", "last")  # RobustBench and common training scripts
 PREFIXES = ("module.", "model.", "_orig_mod.")  # DataParallel, RobustBench's wrappers, torch.compile
+
+
+FACTORY_PREFIX = "_suite_factory_"  # module names of factories imported from a suite's folder
 
 
 @dataclass
@@ -180,6 +183,13 @@ def provided(module: nn.Module, num_classes: int, sample: torch.Tensor | None, n
     return Loaded(module, source, {"weights": weights, "code": fingerprint.code(*classes)})
 
 
+def unimportable_modules(loaded: Iterable[Loaded]) -> list:
+    """The modules of loaded models' classes that another process cannot import by name (a suite folder's
+    factory, loaded under a name of its path): an executor that ships models to workers pickles them by value."""
+    names = {type(m).__module__ for source in loaded if source.module is not None for m in source.module.modules()}
+    return [sys.modules[n] for n in sorted(names) if n.startswith(FACTORY_PREFIX) and n in sys.modules]
+
+
 def describe(loaded_source: dict[str, Any]) -> str:
     """One line for the report."""
     kind = loaded_source["kind"]
@@ -250,7 +260,7 @@ def import_factory(spec: str, suite_dir: Path, where: str):
                  None)
     try:
         if local is not None:
-            unique = f"_suite_factory_{hashlib.sha256(str(local).encode()).hexdigest()[:12]}"
+            unique = f"{FACTORY_PREFIX}{hashlib.sha256(str(local).encode()).hexdigest()[:12]}"
             module_spec = importlib.util.spec_from_file_location(unique, local)
             module = importlib.util.module_from_spec(module_spec)
             sys.modules[unique] = module  # dataclasses and pickling look modules up here

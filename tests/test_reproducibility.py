@@ -10,6 +10,7 @@ import torch
 
 from adapters import get_attack
 from benchmark import evaluate, fingerprint, report, runner
+from benchmark.graph import RunFailed
 from benchmark.suite import load
 
 RANDOM_ATTACKS = """
@@ -165,7 +166,7 @@ def test_training_code_change_retrains_and_never_resumes_a_foreign_checkpoint(ti
         runner.run_suite(path, out, device="cpu", write_report=False)  # other code: the checkpoint is not read
     after = json.loads((out / "results.json").read_text())["models"]["base"]["key"]
     assert before != after and calls["fit"] == 2  # base and fine-tune
-    with pytest.raises(KeyError):  # the code that wrote it does read it (the planted one is garbage)
+    with pytest.raises(RunFailed, match="KeyError"):  # the code that wrote it does read it (a planted garbage one)
         runner.run_suite(path, out, device="cpu", write_report=False)
 
 

@@ -1,0 +1,62 @@
+"""Executors run a command's graph (benchmark.graph) and say where its numbers are computed.
+
+    executor.device("auto") -> torch.device       # where the nodes compute (CUDA where the workers have GPUs)
+    executor.run(nodes, works) -> graph.Outcome   # every node whose dependencies succeeded, failures recorded
+    executor.describe() -> dict                   # for results.json
+
+`LocalExecutor` (the default) runs the nodes one after another in this process with torch's thread count;
+`benchmark.ray_executor.RayExecutor` runs them as Ray tasks (imported only when asked for). A node that raises
+fails itself and what depends on it; everything else still runs and is kept, then the runner reports the failure.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+from benchmark import env
+from benchmark.graph import Node, Outcome, Work, one_line, order
+
+
+class Executor(Protocol):
+    def device(self, requested: str) -> torch.device: ...
+
+    def run(self, nodes: list[Node], works: dict[str, Work]) -> Outcome: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+class LocalExecutor:
+    """Every node in this process, dependencies first, with one progress bar over the graph."""
+
+    def device(self, requested: str) -> torch.device:
+        return env.resolve_device(requested)
+
+    def run(self, nodes: list[Node], works: dict[str, Work]) -> Outcome:
+        contexts: dict[str, Any] = {}
+        outcome = Outcome()
+        bar = tqdm(order(nodes), desc="graph", unit="node", dynamic_ncols=True)
+        for node in bar:
+            if any(d not in outcome.values for d in node.deps):
+                continue  # a dependency failed: Outcome.failures lists this node as not run
+            bar.set_postfix_str(node.name, refresh=False)
+            if node.work not in contexts:
+                contexts[node.work] = works[node.work].context()
+            started = time.perf_counter()
+            try:
+                outcome.values[node.id] = node.fn(contexts[node.work], {d: outcome.values[d] for d in node.deps})
+            except Exception as exc:  # noqa: BLE001  (any failure of one node; the rest of the graph goes on)
+                outcome.errors[node.id] = one_line(exc)
+                bar.write(f"failed: {node.name}: {outcome.errors[node.id]}")
+            outcome.seconds[node.id] = time.perf_counter() - started
+        return outcome
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "local", "cpu_threads": torch.get_num_threads()}
+
+    def close(self) -> None:
+        pass

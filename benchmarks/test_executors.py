@@ -1,0 +1,82 @@
+"""The Ray executor against the local one, with pytest-benchmark (not part of `./bench test`; run alone, since
+both use every core: `./bench test benchmarks/test_executors.py --benchmark-only`).
+
+Each round runs a suite from an empty store, the whole command as a user pays for it: the Ray rounds include
+starting and stopping the local Ray instance (2 single-threaded workers on a 2-core machine); the local executor
+runs one node at a time with torch's threads (2 here). Not like for like in one respect, said in the report: on
+a CPU the thread count changes the rounding of convolutions, so the two train slightly different weights.
+- smoke: the paper's matrix in miniature (training-heavy, a chain of dependencies): Ray's overhead.
+- eval-sweep: one model attacked 36 times: what two workers gain where nodes are independent.
+- a rerun of smoke into a finished folder (every node cached): the fixed cost of each executor.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmark.executor import LocalExecutor
+from benchmark.runner import run_suite
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _executor(kind: str):
+    if kind == "local":
+        return LocalExecutor()
+    pytest.importorskip("ray")
+    from benchmark.ray_executor import RayExecutor
+
+    return RayExecutor(num_cpus=2)
+
+
+@pytest.mark.parametrize("suite", ["smoke", "eval-sweep"])
+@pytest.mark.parametrize("kind", ["local", "ray"])
+def test_suite_wall_time(benchmark, tmp_path, suite, kind):
+    out = tmp_path / "run"
+    starts = []
+
+    def fresh():
+        shutil.rmtree(out, ignore_errors=True)
+
+    def run():
+        executor = _executor(kind)
+        started = time.perf_counter()
+        executor.device("cpu")  # starts Ray
+        starts.append(time.perf_counter() - started)
+        try:
+            return run_suite(REPO / "suites" / f"{suite}.toml", out, device="cpu", executor=executor,
+                             write_report=False)
+        finally:
+            executor.close()
+
+    frame = benchmark.pedantic(run, setup=fresh, rounds=2, iterations=1)
+    evaluations = frame.groupby(["model", "attack", "seed"]).ngroups
+    benchmark.extra_info.update({"suite": suite, "executor": kind, "evaluations": evaluations,
+                                 "executor_start_s": round(sum(starts) / len(starts), 2),
+                                 "evaluations_per_s": evaluations / benchmark.stats.stats.mean})
+    assert len(frame) > 0
+
+
+@pytest.mark.parametrize("kind", ["local", "ray"])
+def test_cached_rerun_wall_time(benchmark, tmp_path, kind):
+    suite, out = REPO / "suites" / "smoke.toml", tmp_path / "run"
+    executor = _executor(kind)
+    try:
+        run_suite(suite, out, device="cpu", executor=executor, write_report=False)  # fills the store
+    finally:
+        executor.close()
+
+    def rerun():
+        executor = _executor(kind)
+        try:
+            return run_suite(suite, out, device="cpu", executor=executor, write_report=False)
+        finally:
+            executor.close()
+
+    frame = benchmark.pedantic(rerun, rounds=3, iterations=1)
+    benchmark.extra_info.update({"suite": "smoke (cached)", "executor": kind,
+                                 "nodes_per_s": 32 / benchmark.stats.stats.mean})
+    assert len(frame) > 0

@@ -1,0 +1,186 @@
+"""The graph's executors: the local one (default) and Ray's, which must give the same numbers, share one store
+across suites, keep what finished when a node fails, and resume."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmark import cli, evaluate, runner
+from benchmark.executor import LocalExecutor
+from benchmark.graph import Node, RunFailed
+
+
+def _artefacts(out: Path) -> dict[str, int]:
+    """Every artefact file with its modification time (ns): a rerun that recomputes something changes this."""
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def _cells(out: Path) -> list[dict]:
+    return json.loads((out / "results.json").read_text())["cells"]
+
+
+def _weights(out: Path) -> dict[str, str]:
+    return {k: v["weights"] for k, v in json.loads((out / "results.json").read_text())["models"].items()}
+
+
+# ------------------------------------------------------------------------------------------- a graph of stubs
+class _Work:
+    by_value: list = []
+
+    def __init__(self, token: str):
+        self.token = token
+
+    def context(self):
+        return {"token": self.token}
+
+
+def _add(ctx, values, *, n):
+    return n + sum(values.values())
+
+
+def _boom(ctx, values):
+    raise ValueError("no  such\nthing")
+
+
+def _graph():
+    """a=1 and b=2; c=a+b; bad raises; after_bad depends on it; d=c+10 does not."""
+    node = lambda id, deps, fn: Node(id, f"node {id}", "stage", "w", deps, fn)  # noqa: E731
+    return [node("a", (), partial(_add, n=1)), node("b", (), partial(_add, n=2)),
+            node("c", ("a", "b"), partial(_add, n=0)), node("bad", ("a",), _boom),
+            node("after_bad", ("bad", "c"), partial(_add, n=0)), node("d", ("c",), partial(_add, n=10))]
+
+
+def _check_failure_semantics(outcome, nodes):
+    assert outcome.values == {"a": 1, "b": 2, "c": 3, "d": 13}
+    failed, skipped = outcome.failures(nodes)
+    assert [n.id for n in failed] == ["bad"] and [n.id for n in skipped] == ["after_bad"]
+    assert outcome.errors["bad"] == "ValueError: no such thing"  # one line
+    message = str(RunFailed(failed, skipped, outcome.errors))
+    assert "node 'node bad' failed: ValueError: no such thing" in message and "\n" not in message
+
+
+def test_local_executor_runs_what_does_not_depend_on_a_failure():
+    nodes = _graph()
+    _check_failure_semantics(LocalExecutor().run(nodes, {"w": _Work("w")}), nodes)
+
+
+def test_failing_evaluation_keeps_the_rest_and_a_rerun_resumes(tiny_suite, tmp_path, monkeypatch, capsys):
+    path, out = tiny_suite(), tmp_path / "run"
+    original = evaluate.run_evaluation
+    attacked = []
+
+    def run_evaluation(model, attack, *args, **kwargs):
+        attacked.append(attack.name)
+        if attack.name == "jsma-origin":
+            raise RuntimeError("simulated out of memory")
+        return original(model, attack, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "run_evaluation", run_evaluation)
+    assert cli.main(["run", str(path), "--out", str(out), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: node 'jsma on base (seed 0)' failed: RuntimeError: simulated out of memory")
+    assert "3 more node(s) failed" in err  # both models x both seeds
+    assert not (out / "results.json").exists()  # never a half-written result
+    assert len(list((out / "artefacts" / "evaluations").glob("*.json"))) == 4  # every fgsm evaluation kept
+    attacked.clear()
+    monkeypatch.setattr(evaluate, "run_evaluation", lambda *a, **k: attacked.append(a[1].name) or original(*a, **k))
+    runner.run_suite(path, out, device="cpu", write_report=False)
+    assert attacked == ["jsma-origin"] * 4  # nothing that finished is recomputed
+
+
+def test_several_suites_share_one_store_and_a_shared_node_runs_once(tiny_suite, tmp_path, monkeypatch):
+    first = tiny_suite()
+    second = tmp_path / "second.toml"
+    second.write_text(first.read_text().replace('name = "tiny"', 'name = "tiny-fgsm"')
+                      .replace('attacks = ["fgsm", "jsma"]', 'attacks = ["fgsm"]'))
+    fits = []
+    original = runner.fit
+    monkeypatch.setattr(runner, "fit", lambda *a, **k: fits.append(k.get("desc")) or original(*a, **k))
+    frames = runner.run_suites([first, second], device="cpu", store=tmp_path / "store",
+                               outs=[tmp_path / "tiny", tmp_path / "tiny-fgsm"], write_report=False)
+    assert sorted(fits) == ["fine-tune aft-fgsm", "train base"]  # each distinct model built once
+    assert len(list((tmp_path / "store" / "evaluations").glob("*.json"))) == 2 * 2 * 2  # fgsm ones shared
+    fgsm = [c for c in _cells(tmp_path / "tiny") if c["attack"] == "fgsm"]
+    assert fgsm == _cells(tmp_path / "tiny-fgsm") and len(frames[1]) == len(fgsm)
+    assert not (tmp_path / "tiny" / "artefacts").exists()
+
+
+def test_cpu_keys_carry_the_thread_count(tiny_suite):
+    suite = runner.load(tiny_suite())
+    data = runner.prepare_data(suite, None)
+    one, two = (runner.Context(suite, data, torch.device("cpu"), None, {"torch": "1", "torchvision": "2"}, threads=t)
+                for t in (1, 2))
+    assert one.made_with("model")["cpu_threads"] == 1 and one.made_with("model") != two.made_with("model")
+    gpu = runner.Context(suite, data, torch.device("cuda"), None, {"torch": "1", "torchvision": "2"}, threads=1)
+    assert "cpu_threads" not in gpu.made_with("model")
+
+
+def test_the_local_executor_never_imports_ray(tiny_suite, tmp_path):
+    code = ("import sys; from benchmark import cli; "
+            f"assert cli.main(['run', {str(tiny_suite())!r}, '--out', {str(tmp_path / 'run')!r}, '--device', 'cpu']) "
+            "== 0; assert 'ray' not in sys.modules, 'ray imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_executor_flags_are_checked(tiny_suite, capsys):
+    assert cli.main(["run", str(tiny_suite()), "--address", "auto"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --address needs --executor ray"
+
+
+# ------------------------------------------------------------------------------------------------------ Ray
+@pytest.fixture(scope="module")
+def ray_executor():
+    pytest.importorskip("ray")
+    from benchmark.ray_executor import RayExecutor
+
+    executor = RayExecutor(num_cpus=2)  # a local instance: two single-threaded workers
+    yield executor
+    executor.close()
+
+
+def test_ray_run_is_bit_identical_to_a_local_run_and_reruns_make_nothing(ray_executor, tiny_suite, tmp_path):
+    path = tiny_suite()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the thread count of Ray's CPU tasks: CPU kernels round by thread count
+    try:
+        runner.run_suite(path, tmp_path / "local", device="cpu", write_report=False)
+    finally:
+        torch.set_num_threads(threads)
+    runner.run_suite(path, tmp_path / "ray", device="cpu", executor=ray_executor, write_report=False)
+    assert _cells(tmp_path / "ray") == _cells(tmp_path / "local")
+    assert _weights(tmp_path / "ray") == _weights(tmp_path / "local")
+    assert (tmp_path / "ray" / "examples.csv").read_bytes() == (tmp_path / "local" / "examples.csv").read_bytes()
+    for out in ("ray", "local"):  # a second Ray run, and one into the local run's folder, make no artefact
+        before = _artefacts(tmp_path / out / "artefacts")
+        runner.run_suite(path, tmp_path / out, device="cpu", executor=ray_executor, write_report=False)
+        assert _artefacts(tmp_path / out / "artefacts") == before
+    assert json.loads((tmp_path / "ray" / "results.json").read_text())["executor"]["kind"] == "ray"
+
+
+def test_ray_keeps_what_does_not_depend_on_a_failure(ray_executor):
+    import ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the stub nodes live in this test module
+    nodes = _graph()
+    _check_failure_semantics(ray_executor.run(nodes, {"w": _Work("w")}), nodes)
+
+
+def test_ray_runs_several_suites_over_one_store(ray_executor, tiny_suite, tmp_path):
+    first = tiny_suite()
+    second = tmp_path / "second.toml"
+    second.write_text(first.read_text().replace('name = "tiny"', 'name = "tiny-2"')
+                      .replace("seeds = [0, 1]", "seeds = [1, 2]"))
+    runner.run_suites([first, second], [tmp_path / "a", tmp_path / "b"], device="cpu", executor=ray_executor,
+                      write_report=False)
+    store = tmp_path / "artefacts"
+    assert len(list((store / "models").glob("*.pt"))) == 2  # base and fine-tune, once for both suites
+    assert len(list((store / "evaluations").glob("*.json"))) == 2 * 2 * 3  # seed 1 shared
+    seed1 = [c for c in _cells(tmp_path / "a") if c["seed"] == 1]
+    assert seed1 == [c for c in _cells(tmp_path / "b") if c["seed"] == 1]
