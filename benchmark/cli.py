@@ -26,9 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("suites", nargs="+", metavar="SUITE", help="suite TOML file(s), e.g. suites/paper.toml")
     run.add_argument("--out", help="output folder (default: runs/<suite name>); with several suites, the folder "
                                    "that holds one folder per suite (default: runs)")
-    run.add_argument("--store", help="artefact store shared by the suites (default: OUT/artefacts for one suite, "
-                                     "the folder above the suites' folders for several); on a cluster, a folder "
-                                     "every worker can read and write")
+    run.add_argument("--store", help="artefact store (default: runs/artefacts; OUT/artefacts with --out); on a "
+                                     "cluster, a folder every worker can read and write")
     run.add_argument("--executor", choices=("local", "ray"), default="local",
                      help="local (default): this process; ray: one Ray task per node (pip install '.[ray]')")
     run.add_argument("--address", help="with --executor ray: join this running Ray cluster ('auto' or HOST:PORT) "
@@ -107,11 +106,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.address and args.executor != "ray":
             raise UserError("--address needs --executor ray")
         suites = [load(path) for path in args.suites]
-        if len(suites) == 1:
-            outs = [Path(args.out) if args.out else Path("runs") / suites[0].name]
-            store = args.store
+        if len(suites) == 1 and args.out:
+            outs = [Path(args.out)]  # a folder of its own: its store inside it unless --store says otherwise
         else:
-            outs, store = [Path(args.out or "runs") / s.name for s in suites], args.store
+            outs = [Path(args.out or "runs") / s.name for s in suites]
+        store = args.store or (Path(args.out or "runs") / "artefacts" if len(suites) > 1 or not args.out else None)
         executor = _executor(args)
         try:
             frames = run_suites(suites, outs, device=args.device, data_dir=args.data_dir, executor=executor,

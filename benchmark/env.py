@@ -57,13 +57,26 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown model"
 
 
+def device_label(device: torch.device, threads: int | None) -> str:
+    """The device as results and model infos name it; on a CPU with its thread count, which CPU keys carry."""
+    if device.type != "cpu" or not threads:
+        return device_name(device)
+    return f"{device_name(device)}, {threads} thread{'s' if threads > 1 else ''}"
+
+
+def check_device_name(name: str) -> None:
+    from benchmark.errors import UserError
+
+    if name not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device must be auto, cpu or cuda, got {name!r}")
+
+
 def resolve_device(name: str) -> torch.device:
     from benchmark.errors import UserError
 
+    check_device_name(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here (use --device cpu or auto)")
-    if name not in ("cpu", "cuda"):
-        raise UserError(f"--device must be auto, cpu or cuda, got {name!r}")
     return torch.device(name)

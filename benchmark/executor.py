@@ -2,7 +2,7 @@
 
     executor.device("auto") -> torch.device       # where the nodes compute (CUDA where the workers have GPUs)
     executor.run(nodes, works) -> graph.Outcome   # every node whose dependencies succeeded, failures recorded
-    executor.describe() -> dict                   # for results.json
+    executor.describe() -> dict                   # for results.json: kind, device (as the workers name it), ...
 
 `LocalExecutor` (the default) runs the nodes one after another in this process with torch's thread count;
 `benchmark.ray_executor.RayExecutor` runs them as Ray tasks (imported only when asked for). A node that raises
@@ -34,7 +34,8 @@ class LocalExecutor:
     """Every node in this process, dependencies first, with one progress bar over the graph."""
 
     def device(self, requested: str) -> torch.device:
-        return env.resolve_device(requested)
+        self._device = env.resolve_device(requested)
+        return self._device
 
     def run(self, nodes: list[Node], works: dict[str, Work]) -> Outcome:
         contexts: dict[str, Any] = {}
@@ -56,7 +57,8 @@ class LocalExecutor:
         return outcome
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "local", "cpu_threads": torch.get_num_threads()}
+        threads = torch.get_num_threads()
+        return {"kind": "local", "cpu_threads": threads, "device": env.device_label(self._device, threads)}
 
     def close(self) -> None:
         pass

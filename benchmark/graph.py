@@ -78,8 +78,9 @@ def one_line(exc: BaseException) -> str:
 class RunFailed(Exception):
     """A node raised: the nodes that do not depend on it finished and are kept in the store."""
 
-    def __init__(self, failed: list[Node], skipped: list[Node], errors: dict[str, str]):
+    def __init__(self, failed: list[Node], skipped: list[Node], errors: dict[str, str], written: list[str] = ()):
         first = failed[0]
         more = f"; {len(failed) - 1} more node(s) failed" if len(failed) > 1 else ""
+        kept = f"; results written for {', '.join(written)}" if written else ""
         super().__init__(f"node {first.name!r} failed: {errors[first.id]}{more}; {len(skipped)} node(s) that "
-                         "depend on it did not run; finished nodes are kept and a rerun resumes from them")
+                         f"depend on it did not run{kept}; finished nodes are kept and a rerun resumes from them")

@@ -1,18 +1,24 @@
-"""Runs a command's graph as Ray tasks: a local Ray instance on this machine, or an existing cluster (`address`).
+"""Runs a command's graph on Ray: a local Ray instance on this machine, or an existing cluster (`address`).
 
-Every node is one task whose dependencies are passed as object references, so Ray schedules it where and when
-they are ready; its value (model info, an evaluation's per-image lists) travels through Ray's object store and
-its artefacts through the shared store (runner.Work.store), which every worker must be able to read and write.
-Each suite's context (its data and loaded models) is put in the object store once and built once per worker
-process. A task asks for one GPU when the computation runs on CUDA, else `cpus_per_task` CPUs and as many torch
-threads: on a CPU, oneDNN's convolutions round differently with another thread count, so the thread count is part
-of every CPU key and a run is bit-identical to a local one with the same count (`torch.set_num_threads`).
+A pool of Ray actors, one per GPU of the cluster (or one per `cpus_per_task` CPUs where it has none), each pinned
+to its resources for the whole run and keeping each suite's context (data on its device, models loaded) between
+nodes. The driver hands a node to an idle actor as soon as its dependencies have finished, passing their values
+as object references. Actors rather than plain tasks: a task worker that Ray reuses can be handed another GPU
+while torch's CUDA context stays bound to the first (which is why Ray runs GPU tasks with max_calls=1, rebuilding
+the context per task), and an actor keeps the data resident on its device.
 
-Needs `pip install .[ray]`. A worker that dies is retried by Ray (max_retries); a node that raises is not.
+Values (model info, an evaluation's per-image lists) travel through Ray's object store; artefacts through the
+shared store (runner.Work.store_root), which every worker must be able to read and write. On a CPU an actor runs
+torch with `cpus_per_task` threads: oneDNN's convolutions round differently with another thread count, so the
+thread count is part of every CPU key, and a run is bit-identical to a local one with the same count.
+
+Needs `pip install .[ray]`. Ray restarts an actor whose process died and retries its node; a node that raises is
+not retried.
 """
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -20,29 +26,40 @@ import ray
 import torch
 from tqdm.auto import tqdm
 
+from benchmark import env
 from benchmark.errors import UserError
 from benchmark.graph import Node, Outcome, Work, one_line, order
 
-_CONTEXTS: dict[str, Any] = {}  # in a worker process: work token -> context, built on its first node
 
+class _Slot:
+    """One actor: computes nodes one at a time with the contexts of the suites it has seen."""
 
-def _execute(node: Node, work_box: list, threads: int, *dep_values: Any) -> tuple[Any, float]:
-    if torch.get_num_threads() != threads:
+    def __init__(self, threads: int):
         torch.set_num_threads(threads)
-    if node.work not in _CONTEXTS:  # a worker serves one driver (one Ray job): its suites' contexts only
-        _CONTEXTS[node.work] = ray.get(work_box[0]).context()
-    started = time.perf_counter()
-    value = node.fn(_CONTEXTS[node.work], dict(zip(node.deps, dep_values)))
-    return value, time.perf_counter() - started
+        self.threads = threads
+        self.contexts: dict[str, Any] = {}
+
+    def execute(self, node: Node, work_box: list, *dep_values: Any) -> tuple[Any, float]:
+        # work_box wraps the Work's object reference so that Ray passes the reference, not a copy per node: the
+        # Work (the suite's data) is fetched once per actor.
+        if node.work not in self.contexts:
+            self.contexts[node.work] = ray.get(work_box[0]).context()
+        started = time.perf_counter()
+        value = node.fn(self.contexts[node.work], dict(zip(node.deps, dep_values)))
+        return value, time.perf_counter() - started
+
+    def device_label(self, device: torch.device) -> str:
+        return env.device_label(device, self.threads)
 
 
 class RayExecutor:
-    """Ray tasks, one per node. address: None starts a local instance (all cores, or `num_cpus`); "auto" or
-    "HOST:PORT" joins a running cluster (`ray start --head` there first)."""
+    """Ray actors, one per GPU or per `cpus_per_task` CPUs. address: None starts a local instance (all cores, or
+    `num_cpus`); "auto" or "HOST:PORT" joins a running cluster (`ray start --head` there first)."""
 
     def __init__(self, address: str | None = None, *, num_cpus: int | None = None, cpus_per_task: int = 1):
         self.address, self.num_cpus, self.cpus_per_task = address, num_cpus, cpus_per_task
         self._device: torch.device | None = None
+        self._labels: list[str] = []
         self._started = self._owned = False
 
     def _start(self) -> None:
@@ -51,8 +68,9 @@ class RayExecutor:
         if ray.is_initialized():  # the caller's own ray.init() (a notebook, a Ray job): used, and left running
             self._started, self._owned = True, False
             return
+        os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")  # failures are reported by node, once
         options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
-                                   "logging_level": logging.WARNING,
+                                   "logging_level": logging.ERROR,
                                    # one bar, the driver's: workers' own bars would interleave with it
                                    "runtime_env": {"env_vars": {"TQDM_DISABLE": "1"}}}
         if self.address is None:
@@ -65,22 +83,26 @@ class RayExecutor:
         self._started, self._owned = True, True
 
     def device(self, requested: str) -> torch.device:
+        env.check_device_name(requested)
         self._start()
         gpus = ray.cluster_resources().get("GPU", 0)
-        if requested == "auto":
-            self._device = torch.device("cuda" if gpus else "cpu")
-        elif requested == "cuda" and not gpus:
+        if requested == "cuda" and not gpus:
             raise UserError("--device cuda: the Ray cluster has no GPU (use --device cpu or auto)")
-        elif requested not in ("cpu", "cuda"):
-            raise UserError(f"--device must be auto, cpu or cuda, got {requested!r}")
-        else:
-            self._device = torch.device(requested)
+        self._device = torch.device("cuda" if requested == "auto" and gpus else
+                                    requested if requested != "auto" else "cpu")
         return self._device
 
-    def _resources(self) -> dict[str, Any]:
-        if self._device is not None and self._device.type == "cuda":
-            return {"num_gpus": 1, "num_cpus": 1}
-        return {"num_cpus": self.cpus_per_task}
+    def _gpu(self) -> bool:
+        return self._device is not None and self._device.type == "cuda"
+
+    def _slots(self, wanted: int) -> list:
+        resources = ray.cluster_resources()
+        if self._gpu():
+            size, options = int(resources.get("GPU", 0)), {"num_gpus": 1, "num_cpus": 1}
+        else:
+            size, options = int(resources.get("CPU", 1)) // self.cpus_per_task, {"num_cpus": self.cpus_per_task}
+        actor = ray.remote(_Slot).options(max_restarts=3, max_task_retries=3, **options)
+        return [actor.remote(1 if self._gpu() else self.cpus_per_task) for _ in range(max(1, min(size, wanted)))]
 
     def run(self, nodes: list[Node], works: dict[str, Work]) -> Outcome:
         self._start()
@@ -88,27 +110,49 @@ class RayExecutor:
             for module in work.by_value:
                 ray.cloudpickle.register_pickle_by_value(module)
         boxes = {token: [ray.put(work)] for token, work in works.items()}
-        threads = 1 if self._resources().get("num_gpus") else self.cpus_per_task
-        task = ray.remote(_execute).options(num_returns=2, **self._resources())
-        values, pending = {}, {}
-        for node in order(nodes):
-            values[node.id], timing = task.remote(node, boxes[node.work], threads,
-                                                  *[values[d] for d in node.deps])
-            pending[timing] = node
+        nodes = order(nodes)
+        slots = self._slots(len(nodes))
+        self._labels = sorted(set(ray.get([s.device_label.remote(self._device) for s in slots])))
+        waiting = {n.id: {d for d in n.deps} for n in nodes}
+        dependents: dict[str, list[Node]] = {n.id: [] for n in nodes}
+        for node in nodes:
+            for dep in node.deps:
+                dependents[dep].append(node)
+        ready = [n for n in nodes if not n.deps]
+        refs: dict[str, Any] = {}
+        running: dict[Any, tuple[Node, Any]] = {}
+        idle = list(slots)
         outcome = Outcome()
         with tqdm(total=len(nodes), desc="graph (ray)", unit="node", dynamic_ncols=True) as bar:
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                node = pending.pop(ready[0])
+            while ready or running:
+                if not idle and not running:  # every actor died past its restarts
+                    for node in ready:
+                        outcome.errors[node.id] = "no Ray worker left to run it"
+                    break
+                while ready and idle:
+                    node, slot = ready.pop(0), idle.pop()
+                    refs[node.id], timing = slot.execute.options(num_returns=2).remote(
+                        node, boxes[node.work], *[refs[d] for d in node.deps])
+                    running[timing] = (node, slot)
+                (finished,), _ = ray.wait(list(running), num_returns=1)
+                node, slot = running.pop(finished)
+                idle.append(slot)
                 try:
-                    outcome.seconds[node.id] = ray.get(ready[0])
-                    outcome.values[node.id] = ray.get(values[node.id])
-                except (ray.exceptions.RayError, Exception) as exc:  # noqa: BLE001
+                    outcome.seconds[node.id], outcome.values[node.id] = ray.get([finished, refs[node.id]])
+                except Exception as exc:  # noqa: BLE001  (the node's failure; what depends on it never runs)
+                    if isinstance(exc, ray.exceptions.RayActorError):  # restarted too often: retire it
+                        idle.remove(slot)
                     outcome.errors[node.id] = _cause(exc)
-                    if not any(d in outcome.errors for d in node.deps):
-                        bar.write(f"failed: {node.name}: {outcome.errors[node.id]}")
+                    bar.write(f"failed: {node.name}: {outcome.errors[node.id]}")
+                else:
+                    for after in dependents[node.id]:
+                        waiting[after.id].discard(node.id)
+                        if not waiting[after.id]:
+                            ready.append(after)
                 bar.set_postfix_str(node.name, refresh=False)
                 bar.update()
+        for slot in slots:
+            ray.kill(slot)
         return outcome
 
     def describe(self) -> dict[str, Any]:
@@ -116,8 +160,11 @@ class RayExecutor:
         resources = ray.cluster_resources()
         return {"kind": "ray", "address": self.address or "local", "ray": ray.__version__,
                 "cluster_cpus": resources.get("CPU", 0), "cluster_gpus": resources.get("GPU", 0),
-                "task_resources": self._resources(),
-                "cpu_threads": None if self._resources().get("num_gpus") else self.cpus_per_task}
+                "actor_resources": {"num_gpus": 1, "num_cpus": 1} if self._gpu() else
+                {"num_cpus": self.cpus_per_task},
+                "cpu_threads": None if self._gpu() else self.cpus_per_task,
+                "device": " + ".join(self._labels) or ("cuda" if self._gpu() else
+                                                        env.device_label(self._device, self.cpus_per_task))}
 
     def close(self) -> None:
         if self._started and self._owned:

@@ -124,16 +124,20 @@ def run_suites(suites: list[Suite | str | Path], outs: list[str | Path] | None =
                store: str | Path | None = None, write_report: bool = True,
                models: dict[str, torch.nn.Module] | None = None):
     """Several suites as one graph over one store: a node two suites share (same data, recipe, attack...) runs
-    once. One results folder per suite (default runs/<name>); the store defaults to OUT/artefacts for one suite
-    and to artefacts/ in the folder above the suites' folders for several. Returns one DataFrame per suite.
-    A failing node raises graph.RunFailed after every node that does not depend on it has finished; the suites it
-    does not touch are written."""
+    once. One results folder per suite (default runs/<name>). The store defaults to runs/artefacts, to
+    OUT/artefacts for one suite given its folder, and to artefacts/ in the folder that holds several suites'.
+    Returns one DataFrame per suite. A failing node raises graph.RunFailed after every node that does not depend
+    on it has finished; the suites it does not touch are written."""
+    env.check_device_name(device)
     suites = [sources.with_provided(s if isinstance(s, Suite) else load(s), models or {}) for s in suites]
-    outs = [Path(o) for o in outs] if outs else [Path("runs") / s.name for s in suites]
-    if len(set(map(str, outs))) < len(outs):
+    if outs:
+        outs = [Path(o) for o in outs]
+        holder = outs[0] if len(outs) == 1 else Path(os.path.commonpath([o.resolve() for o in outs]))
+    else:
+        outs, holder = [Path("runs") / s.name for s in suites], Path("runs")
+    if len({o.resolve() for o in outs}) < len(outs):
         raise UserError("two suites would write to one results folder: give them different names")
-    store_root = Path(store) if store else (outs[0] if len(outs) == 1 else Path(os.path.commonpath(outs)))
-    store_root = store_root / "artefacts" if not store else store_root
+    store_root = Path(store) if store else holder / "artefacts"
     for folder in (*outs, store_root):
         preflight.check_writable(folder)
     started = time.perf_counter()
@@ -146,7 +150,7 @@ def run_suites(suites: list[Suite | str | Path], outs: list[str | Path] | None =
     executor = executor or LocalExecutor()
     torch_device = executor.device(device)
     claims = [preflight.Claim(out) for out in outs]  # held until this call returns: another run on one refuses
-    works = [Work(suite, data, torch_device, store_root, env.versions(), loaded)
+    works = [Work(suite, data, torch_device, store_root.resolve(), env.versions(), loaded)  # workers' cwd differs
              for suite, (data, loaded) in zip(suites, prepared)]
     data_seconds = time.perf_counter() - started
     nodes, plans = plan_graph(works)
@@ -161,7 +165,8 @@ def run_suites(suites: list[Suite | str | Path], outs: list[str | Path] | None =
     for claim in claims:
         claim.release()
     if failed:
-        raise RunFailed(failed, skipped, outcome.errors)
+        raise RunFailed(failed, skipped, outcome.errors,
+                        written=[str(out) for out, plan in zip(outs, plans) if lost.isdisjoint(plan.node_ids)])
     return frames
 
 
@@ -188,21 +193,23 @@ def plan_graph(works: list[Work]) -> tuple[list[Node], list[Plan]]:
 
     for work in works:
         suite, plan = work.suite, Plan({}, [], set(), {})
+        # Besides its own inputs, what a node's result depends on within one command (versions and code are one).
         same = {"data": work.data.identity["pixels"], "device": work.device.type}
+        label = f"{suite.name}: " if len(works) > 1 else ""  # failures name the suite when there are several
         for spec in suite.models.values():
             stage, e = f"model:{spec.name}", spec.entry
             if spec.parent is None:
                 what = (work.loaded_sources[spec.name].identity if spec.loaded else e)
-                node = Node(digest(["model", what, same]), f"{'load' if spec.loaded else 'train'} {spec.name}",
+                node = Node(digest(["model", what, same]), f"{label}{'load' if spec.loaded else 'train'} {spec.name}",
                             stage, work.token, (), partial(base_model_node, name=spec.name))
                 plan.models[spec.name] = add(node, plan)
                 continue
             parent = plan.models[spec.parent]
-            adv = add(Node(digest(["adversarial-set", e, parent, same]), f"perturb {e['images']} for {spec.name}",
+            adv = add(Node(digest(["adversarial-set", e, parent, same]), f"{label}perturb {e['images']} for {spec.name}",
                            stage, work.token, (parent,), partial(adversarial_set_node, name=spec.name,
                                                                  parent=parent)), plan)
             plan.models[spec.name] = add(Node(
-                digest(["finetune", e, parent, adv, same]), f"fine-tune {spec.name}", stage, work.token,
+                digest(["finetune", e, parent, adv, same]), f"{label}fine-tune {spec.name}", stage, work.token,
                 (parent, adv), partial(finetune_node, name=spec.name, parent=parent, adversarial_set=adv)), plan)
         size = max(suite.sizes)
         for model in suite.matrix_models:
@@ -212,7 +219,7 @@ def plan_graph(works: list[Work]) -> tuple[list[Node], list[Plan]]:
                     job = Evaluation(model, spec, seed, size)
                     what = [spec.adapter, build_attack(spec, seed).describe(), seed, size]
                     node = Node(digest(["evaluation", plan.models[model], what, same]),
-                                f"{attack_name} on {model} (seed {seed})", f"attack:{attack_name}", work.token,
+                                f"{label}{attack_name} on {model} (seed {seed})", f"attack:{attack_name}", work.token,
                                 (plan.models[model],), partial(evaluation_node, job=job, model=plan.models[model]))
                     plan.evaluations.append((job, add(node, plan)))
         plans.append(plan)
@@ -229,9 +236,8 @@ def write_run(work: Work, plan: Plan, outcome: Outcome, out: Path, executor: dic
     jobs = [job for job, _ in plan.evaluations]
     outcomes = [outcome.values[node] for _, node in plan.evaluations]
     rows = summarize(suite, model_info, len(data.classes), jobs, outcomes)
-    device = device_label(work.device, executor["cpu_threads"])
     results = {"suite": suite.raw, "suite_name": suite.name, "suite_hash": suite.hash, "profile": suite.profile,
-               "plan": suite.plan(), "data": data.identity, "device": device, "executor": executor, "versions": work.versions, "git_commit": env.git_commit(),
+               "plan": suite.plan(), "data": data.identity, "device": executor["device"], "executor": executor, "versions": work.versions, "git_commit": env.git_commit(),
                "models": model_info, "reference": suite.reference, "classes": data.classes, "cells": rows}
     examples.write(out / examples.FILE, jobs, outcomes)  # first: a results.json always has its examples
     atomic_json(out / "results.json", results)
@@ -354,20 +360,13 @@ def _recipe_source(spec: ModelSpec) -> dict:
     return {"kind": "trained", "arch": e["arch"], "epochs": e["epochs"], "seed": e["seed"]}
 
 
-def device_label(device: torch.device, threads: int | None) -> str:
-    """The device as results and model infos name it; on a CPU with its thread count, which keys carry."""
-    if device.type != "cpu" or not threads:
-        return env.device_name(device)
-    return f"{env.device_name(device)}, {threads} thread{'s' if threads > 1 else ''}"
-
-
 def _precision(ctx: Context, mixed: bool) -> str:
     return "bf16-autocast" if mixed and ctx.device.type == "cuda" else "fp32"
 
 
 def _save_model(ctx: Context, key: str, model: torch.nn.Module, info: dict) -> dict:
     state = {k: v for k, v in model.state_dict().items()}
-    info = {**info, "key": key, "weights": tensors_hash(state), "made_on": device_label(ctx.device, ctx.threads),
+    info = {**info, "key": key, "weights": tensors_hash(state), "made_on": env.device_label(ctx.device, ctx.threads),
             "test_acc": float((predict(model, ctx.data.test_x) == ctx.data.test_y).float().mean())}
     ctx.store.put_tensors("models", key, state)
     ctx.store.put_json("model-info", key, info)

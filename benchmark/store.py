@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,8 @@ import torch
 
 def atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    # Unique across processes and hosts: workers of a cluster may share the folder (and a pid, in containers).
+    tmp = path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     with open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()

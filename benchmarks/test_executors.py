@@ -3,19 +3,23 @@ both use every core: `./bench test benchmarks/test_executors.py --benchmark-only
 
 Each round runs a suite from an empty store, the whole command as a user pays for it: the Ray rounds include
 starting and stopping the local Ray instance (2 single-threaded workers on a 2-core machine); the local executor
-runs one node at a time with torch's threads (2 here). Not like for like in one respect, said in the report: on
-a CPU the thread count changes the rounding of convolutions, so the two train slightly different weights.
+runs one node at a time with torch's threads (2 here), and once more with 1 thread (local-1-thread: the same
+thread count as Ray's tasks, hence the same keys and bit-identical numbers). With 2 threads the local run is not
+like for like in one respect: on a CPU the thread count changes how convolutions round, so it trains slightly
+different weights.
 - smoke: the paper's matrix in miniature (training-heavy, a chain of dependencies): Ray's overhead.
 - eval-sweep: one model attacked 36 times: what two workers gain where nodes are independent.
 - a rerun of smoke into a finished folder (every node cached): the fixed cost of each executor.
 """
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmark.executor import LocalExecutor
 from benchmark.runner import run_suite
@@ -24,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _executor(kind: str):
-    if kind == "local":
+    if kind.startswith("local"):
         return LocalExecutor()
     pytest.importorskip("ray")
     from benchmark.ray_executor import RayExecutor
@@ -32,9 +36,19 @@ def _executor(kind: str):
     return RayExecutor(num_cpus=2)
 
 
+@pytest.fixture
+def threads(request):
+    """local-1-thread: the local executor with Ray's per-task thread count (the same keys and numbers)."""
+    before = torch.get_num_threads()
+    if request.node.callspec.params["kind"] == "local-1-thread":
+        torch.set_num_threads(1)
+    yield torch.get_num_threads()
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("suite", ["smoke", "eval-sweep"])
-@pytest.mark.parametrize("kind", ["local", "ray"])
-def test_suite_wall_time(benchmark, tmp_path, suite, kind):
+@pytest.mark.parametrize("kind", ["local", "local-1-thread", "ray"])
+def test_suite_wall_time(benchmark, tmp_path, suite, kind, threads):
     out = tmp_path / "run"
     starts = []
 
@@ -55,6 +69,8 @@ def test_suite_wall_time(benchmark, tmp_path, suite, kind):
     frame = benchmark.pedantic(run, setup=fresh, rounds=2, iterations=1)
     evaluations = frame.groupby(["model", "attack", "seed"]).ngroups
     benchmark.extra_info.update({"suite": suite, "executor": kind, "evaluations": evaluations,
+                                 "threads_per_node": 1 if kind == "ray" else threads,
+                                 "cells_sha256": hashlib.sha256(frame.to_json().encode()).hexdigest()[:16],
                                  "executor_start_s": round(sum(starts) / len(starts), 2),
                                  "evaluations_per_s": evaluations / benchmark.stats.stats.mean})
     assert len(frame) > 0

@@ -3,6 +3,7 @@ across suites, keep what finished when a node fails, and resume."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from functools import partial
@@ -134,6 +135,30 @@ def test_executor_flags_are_checked(tiny_suite, capsys):
     assert capsys.readouterr().err.strip() == "error: --address needs --executor ray"
 
 
+def test_cli_several_suites_and_the_default_store(tiny_suite, tmp_path, monkeypatch, capsys):
+    first = tiny_suite()
+    second = tmp_path / "second.toml"
+    second.write_text(first.read_text().replace('name = "tiny"', 'name = "tiny-2"'))
+    assert cli.main(["run", str(first), str(second), "--out", str(tmp_path / "both"), "--device", "cpu"]) == 0
+    assert {p.name for p in (tmp_path / "both").iterdir()} >= {"tiny", "tiny-2", "artefacts"}
+    assert _cells(tmp_path / "both" / "tiny") == _cells(tmp_path / "both" / "tiny-2")
+    assert "tiny-2\n" in capsys.readouterr().out  # a table per suite, under its name
+    monkeypatch.chdir(tmp_path)  # without --out: runs/<name>, over the store runs/artefacts, which it reuses
+    shutil.copytree(tmp_path / "both" / "artefacts", tmp_path / "runs" / "artefacts")
+    before = _artefacts(tmp_path / "runs" / "artefacts")
+    assert cli.main(["run", str(first), "--device", "cpu"]) == 0
+    assert _artefacts(tmp_path / "runs" / "artefacts") == before
+    assert _cells(tmp_path / "runs" / "tiny") == _cells(tmp_path / "both" / "tiny")
+
+
+def test_executor_ray_without_ray_installed_is_one_line(tiny_suite, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    monkeypatch.setitem(sys.modules, "benchmark.ray_executor", None)
+    assert cli.main(["run", str(tiny_suite()), "--executor", "ray"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: --executor ray needs Ray: pip install '.[ray]' "
+                                               "(or pip install ray)")
+
+
 # ------------------------------------------------------------------------------------------------------ Ray
 @pytest.fixture(scope="module")
 def ray_executor():
@@ -184,3 +209,78 @@ def test_ray_runs_several_suites_over_one_store(ray_executor, tiny_suite, tmp_pa
     assert len(list((store / "evaluations").glob("*.json"))) == 2 * 2 * 3  # seed 1 shared
     seed1 = [c for c in _cells(tmp_path / "a") if c["seed"] == 1]
     assert seed1 == [c for c in _cells(tmp_path / "b") if c["seed"] == 1]
+
+
+def test_ray_run_resumes_after_its_driver_is_killed(tiny_suite, tmp_path):
+    """kill -9 of the driver mid-run: a rerun recomputes none of the finished artefacts and completes."""
+    import os
+    import signal
+    import time
+
+    pytest.importorskip("ray")
+    path, out = tiny_suite(), tmp_path / "run"
+    path.write_text(path.read_text().replace("sizes = [20, 50]", "sizes = [20, 300]"))  # slower evaluations
+    command = [sys.executable, "-m", "benchmark", "run", str(path), "--out", str(out), "--device", "cpu",
+               "--executor", "ray"]
+    driver = subprocess.Popen(command, cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    finished = out / "artefacts" / "evaluations"
+    deadline = time.monotonic() + 240
+    while len(list(finished.glob("*.sha256"))) < 1 and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    time.sleep(1)
+    os.killpg(driver.pid, signal.SIGKILL)  # what Ray's instance left behind (a user would run `ray stop`)
+    before = {k: v for k, v in _artefacts(out / "artefacts").items() if k.endswith(".sha256")}
+    assert 1 <= sum(k.startswith("evaluations/") for k in before) < 8  # killed mid-run
+    done = subprocess.run(command, cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    after = _artefacts(out / "artefacts")
+    assert all(after.get(k) == v for k, v in before.items())  # nothing finished was rewritten
+    assert len(_cells(out)) == 2 * 2 * 2 * 2
+
+
+FAILING_NET = """
+import torch
+from torch import nn
+
+
+class OneAtATime(nn.Module):  # takes the one-image check before the run, fails on any batch
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.head = nn.Linear(3 * 32 * 32, num_classes)
+
+    def forward(self, x):
+        if len(x) > 1:
+            raise RuntimeError("batches are not supported")
+        return self.head(x.flatten(1))
+
+
+def build(num_classes):
+    return OneAtATime(num_classes)
+"""
+
+
+def test_ray_cli_failure_is_one_line_and_keeps_the_other_suite(ray_executor, tiny_suite, tmp_path, capsys):
+    """A suite-folder factory (shipped to the workers by value) whose model fails on batches."""
+    (tmp_path / "failing_net.py").write_text(FAILING_NET)
+    namespace: dict = {}
+    exec(FAILING_NET, namespace)
+    torch.save(namespace["build"](10).state_dict(), tmp_path / "failing.pt")
+    good = tiny_suite()
+    bad = tmp_path / "bad.toml"
+    bad.write_text(good.read_text().replace('name = "tiny"', 'name = "bad"').replace(
+        "[attacks.fgsm]", '[models.mine]\ncheckpoint = "failing.pt"\nfactory = "failing_net:build"\n\n'
+        "[attacks.fgsm]").replace('models = ["base", "aft-fgsm"]', 'models = ["base", "mine"]'))
+    code = cli.main(["run", str(good), str(bad), "--out", str(tmp_path / "runs"), "--device", "cpu",
+                     "--executor", "ray"])
+    lines = [line.strip() for line in capsys.readouterr().err.replace("\r", "\n").splitlines()]
+    assert not [line for line in lines if "Traceback" in line or "ERROR" in line or "WARNING" in line], lines
+    err = [line for line in lines if line.startswith("error:")]
+    assert code == 1 and len(err) == 1, lines
+    assert err[0].startswith("error: node 'bad: load mine' failed: RuntimeError: batches are not supported")
+    assert "results written for" in err[0] and str(tmp_path / "runs" / "tiny") in err[0]
+    assert (tmp_path / "runs" / "tiny" / "results.json").exists()
+    assert not (tmp_path / "runs" / "bad" / "results.json").exists()
