@@ -284,3 +284,12 @@ def test_ray_cli_failure_is_one_line_and_keeps_the_other_suite(ray_executor, tin
     assert "results written for" in err[0] and str(tmp_path / "runs" / "tiny") in err[0]
     assert (tmp_path / "runs" / "tiny" / "results.json").exists()
     assert not (tmp_path / "runs" / "bad" / "results.json").exists()
+
+
+def test_check_names_a_device_or_thread_count_change(tmp_path, capsys):
+    results = json.loads((Path(__file__).parent / "data" / "results-fixture.json").read_text())
+    for name, device in (("run", "cpu (X), 1 thread"), ("base", "cpu (X), 2 threads")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({**results, "device": device}))
+    assert cli.main(["check", str(tmp_path / "run"), "--baseline", str(tmp_path / "base" / "results.json")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "note: run on cpu (X), 1 thread, baseline on cpu (X), 2 threads"
