@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--store", help="artefact store (default: runs/artefacts; OUT/artefacts with --out); on a "
                                      "cluster, a folder every worker can read and write")
     run.add_argument("--executor", choices=("local", "ray"), default="local",
-                     help="local (default): this process; ray: one Ray task per node (pip install '.[ray]')")
+                     help="local (default): this process; ray: Ray actors, one per GPU or CPU (pip install '.[ray]')")
     run.add_argument("--address", help="with --executor ray: join this running Ray cluster ('auto' or HOST:PORT) "
                                        "instead of starting a local instance")
     run.add_argument("--device", default="auto", help="auto (default), cpu or cuda")

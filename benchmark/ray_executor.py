@@ -75,8 +75,8 @@ class RayExecutor:
                                    "runtime_env": {"env_vars": {"TQDM_DISABLE": "1"}}}
         if self.address is None:
             options["num_cpus"] = self.num_cpus
-        try:
-            ray.init(address=self.address, **options)
+        try:  # "local": a new instance, never a cluster that RAY_ADDRESS or an earlier `ray start` points at
+            ray.init(address=self.address or "local", **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             what = "start Ray" if self.address is None else f"join the Ray cluster at {self.address}"
             raise UserError(f"--executor ray: cannot {what} ({one_line(exc)})") from None
@@ -95,24 +95,35 @@ class RayExecutor:
     def _gpu(self) -> bool:
         return self._device is not None and self._device.type == "cuda"
 
-    def _slots(self, wanted: int) -> list:
+    def _pool(self, wanted: int) -> tuple[int, Any]:
+        """How many actors (one per GPU, or per `cpus_per_task` CPUs, of the cluster; an actor whose resources
+        other jobs hold starts when they are freed) and how to make one."""
         resources = ray.cluster_resources()
         if self._gpu():
             size, options = int(resources.get("GPU", 0)), {"num_gpus": 1, "num_cpus": 1}
         else:
             size, options = int(resources.get("CPU", 1)) // self.cpus_per_task, {"num_cpus": self.cpus_per_task}
         actor = ray.remote(_Slot).options(max_restarts=3, max_task_retries=3, **options)
-        return [actor.remote(1 if self._gpu() else self.cpus_per_task) for _ in range(max(1, min(size, wanted)))]
+        return max(1, min(size, wanted)), lambda: actor.remote(1 if self._gpu() else self.cpus_per_task)
 
     def run(self, nodes: list[Node], works: dict[str, Work]) -> Outcome:
-        self._start()
+        if self._device is None:
+            self.device("auto")
         for work in works.values():
             for module in work.by_value:
                 ray.cloudpickle.register_pickle_by_value(module)
         boxes = {token: [ray.put(work)] for token, work in works.items()}
         nodes = order(nodes)
-        slots = self._slots(len(nodes))
-        self._labels = sorted(set(ray.get([s.device_label.remote(self._device) for s in slots])))
+        size, new_slot = self._pool(len(nodes))
+        slots = [new_slot() for _ in range(size)]
+        try:
+            return self._schedule(nodes, slots, new_slot, boxes)
+        finally:  # also on Ctrl-C or an error: no actor outlives the run in a session the caller owns
+            for slot in slots:
+                ray.kill(slot)
+
+    def _schedule(self, nodes: list[Node], slots: list, new_slot, boxes: dict[str, list]) -> Outcome:
+        labels = [s.device_label.remote(self._device) for s in slots]
         waiting = {n.id: {d for d in n.deps} for n in nodes}
         dependents: dict[str, list[Node]] = {n.id: [] for n in nodes}
         for node in nodes:
@@ -125,10 +136,6 @@ class RayExecutor:
         outcome = Outcome()
         with tqdm(total=len(nodes), desc="graph (ray)", unit="node", dynamic_ncols=True) as bar:
             while ready or running:
-                if not idle and not running:  # every actor died past its restarts
-                    for node in ready:
-                        outcome.errors[node.id] = "no Ray worker left to run it"
-                    break
                 while ready and idle:
                     node, slot = ready.pop(0), idle.pop()
                     refs[node.id], timing = slot.execute.options(num_returns=2).remote(
@@ -140,8 +147,10 @@ class RayExecutor:
                 try:
                     outcome.seconds[node.id], outcome.values[node.id] = ray.get([finished, refs[node.id]])
                 except Exception as exc:  # noqa: BLE001  (the node's failure; what depends on it never runs)
-                    if isinstance(exc, ray.exceptions.RayActorError):  # restarted too often: retire it
+                    if isinstance(exc, ray.exceptions.RayActorError):  # its node killed it past its restarts
                         idle.remove(slot)
+                        idle.append(new_slot())
+                        slots.append(idle[-1])
                     outcome.errors[node.id] = _cause(exc)
                     bar.write(f"failed: {node.name}: {outcome.errors[node.id]}")
                 else:
@@ -151,8 +160,8 @@ class RayExecutor:
                             ready.append(after)
                 bar.set_postfix_str(node.name, refresh=False)
                 bar.update()
-        for slot in slots:
-            ray.kill(slot)
+        started, _ = ray.wait(labels, num_returns=len(labels), timeout=0)  # actors that never started: no label
+        self._labels = sorted({label for label in map(_value_or_none, started) if label is not None})
         return outcome
 
     def describe(self) -> dict[str, Any]:
@@ -170,6 +179,13 @@ class RayExecutor:
         if self._started and self._owned:
             ray.shutdown()
         self._started = False
+
+
+def _value_or_none(ref: Any) -> Any:
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayError:
+        return None
 
 
 def _cause(exc: BaseException) -> str:

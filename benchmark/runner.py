@@ -114,7 +114,7 @@ def run_suite(suite: Suite | str | Path, out: str | Path | None = None, *, devic
     models: modules built in Python ({"mine": net}, [0,1] images in, logits out): a name the suite declares
     `provided = true` takes its module; any other joins the suite's models and its matrix.
     executor: LocalExecutor() (default) or benchmark.ray_executor.RayExecutor(...); store: the artefact folder
-    (default OUT/artefacts)."""
+    (default OUT/artefacts, or runs/artefacts without `out`)."""
     return run_suites([suite], [out] if out is not None else None, device=device, data_dir=data_dir,
                       executor=executor, store=store, write_report=write_report, models=models)[0]
 
@@ -140,28 +140,30 @@ def run_suites(suites: list[Suite | str | Path], outs: list[str | Path] | None =
     store_root = Path(store) if store else holder / "artefacts"
     for folder in (*outs, store_root):
         preflight.check_writable(folder)
+    executor = executor or LocalExecutor()
+    torch_device = executor.device(device)  # before the data: `--device cuda` without a GPU costs no download
     started = time.perf_counter()
     loaded_data: dict[str, datasets.Dataset] = {}
-    prepared = []  # everything that can refuse bad input, before an executor starts
+    prepared = []  # everything that can refuse bad input, before anything is written
     for suite in suites:
         data = prepare_data(suite, data_dir, loaded_data)
         prepared.append((data, sources.load_all(suite, len(data.classes), data.test_x[:1].float() / 255,
                                                 models or {})))
-    executor = executor or LocalExecutor()
-    torch_device = executor.device(device)
     claims = [preflight.Claim(out) for out in outs]  # held until this call returns: another run on one refuses
     works = [Work(suite, data, torch_device, store_root.resolve(), env.versions(), loaded)  # workers' cwd differs
              for suite, (data, loaded) in zip(suites, prepared)]
     data_seconds = time.perf_counter() - started
     nodes, plans = plan_graph(works)
+    graph_started = time.perf_counter()
     outcome = executor.run(nodes, {w.token: w for w in works})
+    graph_seconds = time.perf_counter() - graph_started
     failed, skipped = outcome.failures(nodes)
     lost = {n.id for n in failed + skipped}
     frames = []
     for work, plan, out in zip(works, plans, outs):
         if lost.isdisjoint(plan.node_ids):
-            frames.append(write_run(work, plan, outcome, out, executor.describe(), data_seconds, started,
-                                    write_report))
+            frames.append(write_run(work, plan, outcome, out, executor.describe(),
+                                    {"data": data_seconds, "graph": graph_seconds}, started, write_report))
     for claim in claims:
         claim.release()
     if failed:
@@ -226,7 +228,7 @@ def plan_graph(works: list[Work]) -> tuple[list[Node], list[Plan]]:
     return list(nodes.values()), plans
 
 
-def write_run(work: Work, plan: Plan, outcome: Outcome, out: Path, executor: dict, data_seconds: float,
+def write_run(work: Work, plan: Plan, outcome: Outcome, out: Path, executor: dict, phases: dict[str, float],
               started: float, write_report: bool):
     """A suite's results.json, examples.csv, run.json and report, from the graph's values."""
     import pandas as pd
@@ -241,8 +243,10 @@ def write_run(work: Work, plan: Plan, outcome: Outcome, out: Path, executor: dic
                "models": model_info, "reference": suite.reference, "classes": data.classes, "cells": rows}
     examples.write(out / examples.FILE, jobs, outcomes)  # first: a results.json always has its examples
     atomic_json(out / "results.json", results)
-    timings = {"data": round(data_seconds, 3)}
-    for node, stage in plan.stages.items():  # seconds the nodes took where they ran (in parallel on Ray)
+    # data: loading and checks; graph: the executor's wall time for every suite of the command; a stage: the
+    # seconds its nodes took where they ran (summed over workers running in parallel).
+    timings = {phase: round(seconds, 3) for phase, seconds in phases.items()}
+    for node, stage in plan.stages.items():
         timings[stage] = round(timings.get(stage, 0.0) + outcome.seconds.get(node, 0.0), 3)
     timings["total"] = round(time.perf_counter() - started, 3)
     atomic_json(out / "run.json", {"timings_s": timings, "device": results["device"],
