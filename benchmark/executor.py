@@ -5,8 +5,9 @@
     executor.describe() -> dict                   # for results.json: kind, device (as the workers name it), ...
 
 `LocalExecutor` (the default) runs the nodes one after another in this process with torch's thread count;
-`benchmark.ray_executor.RayExecutor` runs them on a pool of Ray actors (imported only when asked for). A node that raises
-fails itself and what depends on it; everything else still runs and is kept, then the runner reports the failure.
+`benchmark.ray_executor.RayExecutor` runs them on a pool of Ray actors (imported only when asked for). A node
+that raises fails itself and what depends on it; everything else still runs and is kept, then the runner reports
+the failure.
 """
 from __future__ import annotations
 

@@ -207,9 +207,9 @@ def plan_graph(works: list[Work]) -> tuple[list[Node], list[Plan]]:
                 plan.models[spec.name] = add(node, plan)
                 continue
             parent = plan.models[spec.parent]
-            adv = add(Node(digest(["adversarial-set", e, parent, same]), f"{label}perturb {e['images']} for {spec.name}",
-                           stage, work.token, (parent,), partial(adversarial_set_node, name=spec.name,
-                                                                 parent=parent)), plan)
+            adv = add(Node(digest(["adversarial-set", e, parent, same]),
+                           f"{label}perturb {e['images']} for {spec.name}", stage, work.token, (parent,),
+                           partial(adversarial_set_node, name=spec.name, parent=parent)), plan)
             plan.models[spec.name] = add(Node(
                 digest(["finetune", e, parent, adv, same]), f"{label}fine-tune {spec.name}", stage, work.token,
                 (parent, adv), partial(finetune_node, name=spec.name, parent=parent, adversarial_set=adv)), plan)
@@ -239,7 +239,8 @@ def write_run(work: Work, plan: Plan, outcome: Outcome, out: Path, executor: dic
     outcomes = [outcome.values[node] for _, node in plan.evaluations]
     rows = summarize(suite, model_info, len(data.classes), jobs, outcomes)
     results = {"suite": suite.raw, "suite_name": suite.name, "suite_hash": suite.hash, "profile": suite.profile,
-               "plan": suite.plan(), "data": data.identity, "device": executor["device"], "executor": executor, "versions": work.versions, "git_commit": env.git_commit(),
+               "plan": suite.plan(), "data": data.identity, "device": executor["device"], "executor": executor,
+               "versions": work.versions, "git_commit": env.git_commit(),
                "models": model_info, "reference": suite.reference, "classes": data.classes, "cells": rows}
     examples.write(out / examples.FILE, jobs, outcomes)  # first: a results.json always has its examples
     atomic_json(out / "results.json", results)

@@ -217,7 +217,7 @@ def test_ray_reruns_a_node_whose_worker_died_and_survives_one_that_always_kills_
     nodes = [node("once", (), partial(_die_once, marker=str(tmp_path / "died"))), node("killer", (), _always_die),
              node("a", (), partial(_add, n=1)), node("b", ("a", "once"), partial(_add, n=0))]
     outcome = ray_executor.run(nodes, {"w": _Work("w")})
-    assert outcome.values.get("once") == 5 and outcome.values.get("b") == 6, outcome  # restarted actor, node re-run, dependent ran
+    assert outcome.values.get("once") == 5 and outcome.values.get("b") == 6, outcome  # re-run, and its dependent
     assert list(outcome.errors) == ["killer"]  # after Ray's restarts: failed, and the graph went on
 
 
