@@ -106,18 +106,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.address and args.executor != "ray":
             raise UserError("--address needs --executor ray")
         suites = [load(path) for path in args.suites]
-        if len(suites) == 1 and args.out:
-            outs = [Path(args.out)]  # a folder of its own: its store inside it unless --store says otherwise
-        else:
-            outs = [Path(args.out or "runs") / s.name for s in suites]
-        store = args.store or (Path(args.out or "runs") / "artefacts" if len(suites) > 1 or not args.out else None)
+        # --out: the suite's folder, or the folder of several suites' folders; the store's default follows it
+        outs = None
+        if args.out:
+            outs = [Path(args.out)] if len(suites) == 1 else [Path(args.out) / s.name for s in suites]
         executor = _executor(args)
         try:
             frames = run_suites(suites, outs, device=args.device, data_dir=args.data_dir, executor=executor,
-                                store=store)
+                                store=args.store)
         finally:
             executor.close()
-        for suite, frame, out in zip(suites, frames, outs):
+        for suite, frame, out in zip(suites, frames, outs or [Path("runs") / s.name for s in suites]):
             table = (frame.groupby(["model", "attack", "size"], sort=False)[["orig_acc", "adv_acc", "ratio"]]
                      .mean().reset_index())
             if len(suites) > 1:

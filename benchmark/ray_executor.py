@@ -99,12 +99,15 @@ class RayExecutor:
         """How many actors (one per GPU, or per `cpus_per_task` CPUs, of the cluster; an actor whose resources
         other jobs hold starts when they are freed) and how to make one."""
         resources = ray.cluster_resources()
-        if self._gpu():
-            size, options = int(resources.get("GPU", 0)), {"num_gpus": 1, "num_cpus": 1}
-        else:
-            size, options = int(resources.get("CPU", 1)) // self.cpus_per_task, {"num_cpus": self.cpus_per_task}
-        actor = ray.remote(_Slot).options(max_restarts=3, max_task_retries=3, **options)
-        return max(1, min(size, wanted)), lambda: actor.remote(1 if self._gpu() else self.cpus_per_task)
+        size = int(resources.get("GPU", 0)) if self._gpu() else int(resources.get("CPU", 1)) // self.cpus_per_task
+        actor = ray.remote(_Slot).options(max_restarts=3, max_task_retries=3, **self._actor_resources())
+        return max(1, min(size, wanted)), lambda: actor.remote(self._threads())
+
+    def _actor_resources(self) -> dict[str, int]:
+        return {"num_gpus": 1, "num_cpus": 1} if self._gpu() else {"num_cpus": self.cpus_per_task}
+
+    def _threads(self) -> int:
+        return 1 if self._gpu() else self.cpus_per_task
 
     def run(self, nodes: list[Node], works: dict[str, Work]) -> Outcome:
         if self._device is None:
@@ -169,9 +172,8 @@ class RayExecutor:
         resources = ray.cluster_resources()
         return {"kind": "ray", "address": self.address or "local", "ray": ray.__version__,
                 "cluster_cpus": resources.get("CPU", 0), "cluster_gpus": resources.get("GPU", 0),
-                "actor_resources": {"num_gpus": 1, "num_cpus": 1} if self._gpu() else
-                {"num_cpus": self.cpus_per_task},
-                "cpu_threads": None if self._gpu() else self.cpus_per_task,
+                "actor_resources": self._actor_resources(),
+                "cpu_threads": None if self._gpu() else self._threads(),
                 "device": " + ".join(self._labels) or ("cuda" if self._gpu() else
                                                         env.device_label(self._device, self.cpus_per_task))}
 
@@ -193,4 +195,4 @@ def _cause(exc: BaseException) -> str:
     cause = getattr(exc, "cause", None)
     if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(cause, BaseException):
         return one_line(cause)
-    return one_line(exc).splitlines()[0][:300]
+    return one_line(exc)[:300]  # Ray's own errors carry long diagnostics

@@ -88,7 +88,7 @@ class Work:
     store_root: Path
     versions: dict[str, str]
     loaded_sources: dict[str, sources.Loaded]
-    code: str = field(default_factory=fingerprint.packages)
+    code: str  # fingerprint.packages() on the driver
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
@@ -150,7 +150,8 @@ def run_suites(suites: list[Suite | str | Path], outs: list[str | Path] | None =
         prepared.append((data, sources.load_all(suite, len(data.classes), data.test_x[:1].float() / 255,
                                                 models or {})))
     claims = [preflight.Claim(out) for out in outs]  # held until this call returns: another run on one refuses
-    works = [Work(suite, data, torch_device, store_root.resolve(), env.versions(), loaded)  # workers' cwd differs
+    versions, code = env.versions(), fingerprint.packages()
+    works = [Work(suite, data, torch_device, store_root.resolve(), versions, loaded, code)  # workers' cwd differs
              for suite, (data, loaded) in zip(suites, prepared)]
     data_seconds = time.perf_counter() - started
     nodes, plans = plan_graph(works)
@@ -159,16 +160,17 @@ def run_suites(suites: list[Suite | str | Path], outs: list[str | Path] | None =
     graph_seconds = time.perf_counter() - graph_started
     failed, skipped = outcome.failures(nodes)
     lost = {n.id for n in failed + skipped}
-    frames = []
+    described = executor.describe()
+    frames, written = [], []
     for work, plan, out in zip(works, plans, outs):
         if lost.isdisjoint(plan.node_ids):
-            frames.append(write_run(work, plan, outcome, out, executor.describe(),
+            frames.append(write_run(work, plan, outcome, out, described,
                                     {"data": data_seconds, "graph": graph_seconds}, started, write_report))
+            written.append(str(out))
     for claim in claims:
         claim.release()
     if failed:
-        raise RunFailed(failed, skipped, outcome.errors,
-                        written=[str(out) for out, plan in zip(outs, plans) if lost.isdisjoint(plan.node_ids)])
+        raise RunFailed(failed, skipped, outcome.errors, written=written)
     return frames
 
 
@@ -482,13 +484,12 @@ def build_attack(spec: AttackSpec, seed: int):
 def evaluation_key(ctx: Context, job: Evaluation) -> str:
     """The model's key (its code and identity: a factory edit changes it, not always its weights) and weights,
     the attack's resolved parameters, the seed and the images."""
-    info = ctx.model_info[job.model]
+    info, attack = ctx.model_info[job.model], build_attack(job.attack, job.seed)
     return digest({"kind": "evaluation", "model": [info["key"], info["weights"]], "adapter": job.attack.adapter,
-                   "params": build_attack(job.attack, job.seed).describe(), "seed": job.seed,
+                   "params": attack.describe(), "seed": job.seed,
                    "indices": evaluate.subset(len(ctx.data.test_y), job.size, job.seed).tolist(),
                    **ctx.made_with("attack"),
-                   "code": fingerprint.code(run_job, evaluate,
-                                            *fingerprint.attack_modules(build_attack(job.attack, job.seed)))})[:24]
+                   "code": fingerprint.code(run_job, evaluate, *fingerprint.attack_modules(attack))})[:24]
 
 
 def run_job(ctx: Context, job: Evaluation) -> dict:

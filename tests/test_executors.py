@@ -50,9 +50,13 @@ def _boom(ctx, values):
     raise ValueError("no  such\nthing")
 
 
+def _node(id: str, deps: tuple, fn) -> Node:
+    return Node(id, f"node {id}", "stage", "w", deps, fn)
+
+
 def _graph():
     """a=1 and b=2; c=a+b; bad raises; after_bad depends on it; d=c+10 does not."""
-    node = lambda id, deps, fn: Node(id, f"node {id}", "stage", "w", deps, fn)  # noqa: E731
+    node = _node
     return [node("a", (), partial(_add, n=1)), node("b", (), partial(_add, n=2)),
             node("c", ("a", "b"), partial(_add, n=0)), node("bad", ("a",), _boom),
             node("after_bad", ("bad", "c"), partial(_add, n=0)), node("d", ("c",), partial(_add, n=10))]
@@ -213,7 +217,7 @@ def test_ray_reruns_a_node_whose_worker_died_and_survives_one_that_always_kills_
     import ray
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    node = lambda id, deps, fn: Node(id, f"node {id}", "stage", "w", deps, fn)  # noqa: E731
+    node = _node
     nodes = [node("once", (), partial(_die_once, marker=str(tmp_path / "died"))), node("killer", (), _always_die),
              node("a", (), partial(_add, n=1)), node("b", ("a", "once"), partial(_add, n=0))]
     outcome = ray_executor.run(nodes, {"w": _Work("w")})
