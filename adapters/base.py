@@ -29,6 +29,10 @@ from adapters.rng import per_image_rng
 
 SPACES = ("pixel", "normalized")
 NON_NEGATIVE = ("eps", "alpha", "theta_abs", "gamma", "steps", "max_steps", "top_k", "batch_size")
+# Iteration and query budgets (torchattacks' and ART's names): at 0 the attack cannot search, so 0 is an error.
+SEARCH_BUDGETS = ("steps", "max_steps", "max_iter", "max_iterations", "n_queries", "n_restarts", "restarts",
+                  "nb_iter", "nb_restarts", "nb_steps", "n_steps", "eot_iter", "num_of_iterations", "query_limit",
+                  "max_eval")
 
 
 class Attack:
@@ -107,14 +111,17 @@ def exact_fp32():
 
 
 def check_params(owner: str, params: dict[str, Any], valid: dict[str, Any]) -> None:
-    """Unknown names and negative budgets raise ValueError naming the valid parameters."""
+    """Unknown names, negative budgets and search budgets below 1 raise ValueError naming the valid parameters."""
     unknown = sorted(set(params) - set(valid))
     if unknown:
         listing = ", ".join(f"{k}={v!r}" if v is not inspect.Parameter.empty else k for k, v in valid.items())
         raise ValueError(f"{owner}: unknown parameter(s) {', '.join(unknown)}; valid: {listing}")
     for key, value in params.items():
-        if key in NON_NEGATIVE and isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if key in NON_NEGATIVE and number and value < 0:
             raise ValueError(f"{owner}: {key} must be >= 0, got {value}")
+        if key in SEARCH_BUDGETS and number and value < 1:
+            raise ValueError(f"{owner}: {key} = {value} leaves the attack nothing to search; give at least 1")
 
 
 def signature_defaults(fn, skip: tuple[str, ...]) -> dict[str, Any]:

@@ -53,8 +53,8 @@ class JsmaOrigin(Attack):
             raise ValueError(f"jsma-origin: mode must be one of {', '.join(MODES)}, got {mode!r}")
         space = space or ("normalized" if mode == "paper-code" else "pixel")
         super().__init__(space=space, seed=seed)
-        check_params(self.name, {"eps": eps, "gamma": gamma, "top_k": top_k, "max_steps": max_steps or 0},
-                     PARAMETERS)
+        check_params(self.name, {"eps": eps, "gamma": gamma, "top_k": top_k,
+                                 **({"max_steps": max_steps} if max_steps is not None else {})}, PARAMETERS)
         if not 0 < gamma <= 1:
             raise ValueError(f"jsma-origin: gamma must be in (0, 1], got {gamma}")
         if theta == 0 or top_k < 2 or (batch_size is not None and batch_size < 1):

@@ -10,8 +10,9 @@ values per row as an image has) is made row by row: row i from its own generator
 positions[i], k), k counting the draws of this call. That covers the
 random starts of torchattacks (`torch.empty_like(x).uniform_()`, `torch.rand(x.shape)`, `randn_like`, ...) and
 of ART (`np.random.uniform(size=(n, d))` in `art.utils.random_sphere`, ...). Any other draw cannot be tied to an
-image: it comes from the global generators, which the context seeds from `seed` and restores afterwards; a change
-of their state marks the call as not batch-invariant, so a report can say so instead of pretending.
+image: it comes from the global generators (Python's `random`, numpy's, torch's), which the context seeds from
+`seed` and restores afterwards; any draw from them (seen between the attack's own reseeds, which are no draws)
+marks the call as not batch-invariant, so a report can say so instead of pretending.
 
 Why in-house: no toolkit offers counter-based per-example randomness; torch's and numpy's generators are
 per-stream, and reseeding per batch replays one stream for every batch. The samplers are patched process-wide for
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -137,22 +139,69 @@ class _Draws:
         return draw
 
 
+class _Globals:
+    """The process-wide generators (Python's `random`, numpy's, torch's CPU and current CUDA one), seeded from the
+    attack's seed for a call and restored after it. Whether the call drew from them is read off their states
+    between reseeds: every reseed inside the call (torchattacks' APGD, FAB and Square call
+    `torch.random.manual_seed`) first checks for a draw since the last known state and then takes the new state
+    as known, so a reseed neither raises a false alarm nor hides the draws before it."""
+
+    def __init__(self, seed: int):
+        self.seed, self.drew = seed, False
+        self.devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+
+    def states(self) -> tuple:
+        return (random.getstate(), _numpy_fingerprint(), torch.get_rng_state().numpy().tobytes(),
+                *(torch.cuda.get_rng_state(d).numpy().tobytes() for d in self.devices))
+
+    def checkpoint(self) -> None:
+        """Note whether anything was drawn since the last known state; the present state becomes the known one."""
+        now = self.states()
+        self.drew |= now != self.known
+        self.known = now
+
+    def watching(self, reseed: Callable) -> Callable:
+        def wrapped(*args: Any, **kwargs: Any):
+            self.checkpoint()
+            try:
+                return reseed(*args, **kwargs)
+            finally:
+                self.known = self.states()
+
+        return wrapped
+
+    @contextlib.contextmanager
+    def seeded(self):
+        saved = random.getstate(), np.random.get_state()
+        reseeds = [(random, "seed"), (np.random, "seed"), (torch, "manual_seed"), (torch.random, "manual_seed")]
+        originals = [getattr(owner, name) for owner, name in reseeds]
+        with torch.random.fork_rng(devices=self.devices):
+            random.seed(self.seed)
+            np.random.seed(self.seed % 2 ** 32)
+            torch.manual_seed(self.seed)
+            self.known = self.states()
+            try:
+                for (owner, name), fn in zip(reseeds, originals):
+                    setattr(owner, name, self.watching(fn))
+                yield self
+            finally:
+                for (owner, name), fn in zip(reseeds, originals):
+                    setattr(owner, name, fn)
+                self.checkpoint()
+                random.setstate(saved[0])
+                np.random.set_state(saved[1])
+
+
 @contextlib.contextmanager
 def per_image_rng(seed: int, positions: Sequence[int], features: int):
     """Make every image-shaped random draw of the enclosed attack call per-image (module docstring); `features`:
     values per image. Yields an object whose `batch_invariant` says, after the block, whether nothing else was
     drawn."""
     draws = _Draws(seed, positions, features)
-    numpy_state = np.random.get_state()
     originals = {name: getattr(np.random, name) for name in _NUMPY}
     factories = {name: getattr(torch, name) for name in _FACTORIES}
     own_methods = {name: vars(torch.Tensor).get(name) for name in _INPLACE}  # None: inherited from the C base
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        np.random.seed(seed % 2 ** 32)
-        torch_before, numpy_before = torch.get_rng_state(), _numpy_fingerprint()
-        cuda_before = [torch.cuda.get_rng_state(d) for d in devices]
+    with _Globals(seed).seeded() as globals_:
         try:
             for name, fn in originals.items():
                 setattr(np.random, name, draws.numpy_rows(name, fn))
@@ -171,11 +220,7 @@ def per_image_rng(seed: int, positions: Sequence[int], features: int):
                     delattr(torch.Tensor, name)
                 else:
                     setattr(torch.Tensor, name, method)
-            draws.batch_invariant = (torch.equal(torch_before, torch.get_rng_state())
-                                     and numpy_before == _numpy_fingerprint()
-                                     and all(torch.equal(b, torch.cuda.get_rng_state(d))
-                                             for b, d in zip(cuda_before, devices)))
-            np.random.set_state(numpy_state)
+    draws.batch_invariant = not globals_.drew
 
 
 def _numpy_fingerprint() -> tuple:

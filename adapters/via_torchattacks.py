@@ -4,8 +4,9 @@ Distance measure, epsilon and defaults are torchattacks' own (FGSM: Linf, eps in
 default 8/255, output clamped to [0,1]). Parameters are forwarded unchanged. We never call
 `set_normalization_used`: our models normalize inside, so torchattacks sees the [0,1] images it expects.
 `space="normalized"` needs torchattacks >= 3.5: older versions reject inputs outside [0,1].
-`n_classes` (APGDT, FAB, AutoAttack) is the model's output width, read on each call; a toolkit `seed` that
-defaults to None (AutoAttack: a time-based draw) gets our `seed`.
+`n_classes` (APGDT, FAB, AutoAttack) is the model's output width, read on each call; every toolkit `seed`
+parameter (APGD, APGDT, FAB, Square: default 0; AutoAttack: a time-based draw) gets our `seed`, the
+evaluation's, so `describe()` names the seed the attack ran with.
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ class TorchattacksAttack(Attack):
         if "n_classes" in own:
             with torch.no_grad():
                 extra["n_classes"] = int(model(images[:1]).shape[1])
-        if own.get("seed", 0) is None:
+        if "seed" in own:  # APGD, APGDT, FAB, Square default to 0 and AutoAttack to a time-based draw: ours
             extra["seed"] = self.seed
         return extra
 

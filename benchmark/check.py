@@ -1,22 +1,27 @@
-"""Regression gate: a run's accuracies against a baseline's, cell by cell, with the report's statistics.
+"""Regression gate: a run's accuracies and accuracy ratios against a baseline's, cell by cell, with the report's
+statistics.
 
-A cell is (model, attack) at the largest size, pooled over seeds: the same images in both runs (indices come
-from the seeds); smaller sizes are prefixes of it and would only repeat the test on less evidence. For each of
-orig_acc and adv_acc the gate tests whether the run differs from the baseline:
-- paired per image where both runs have examples.csv: McNemar's exact test on the images' correctness (each
-  test image once, as in the report's paired tests);
-- otherwise (a bare results.json, e.g. reports/baselines/smoke-cpu.json): Fisher's exact test on the two
-  pooled counts, which ignores the pairing and so errs on the side of passing.
-A regression is a drop with p < alpha (two-sided p-value; default 0.01, one test per cell and metric);
+A run must hold every (model, attack, seed, size) of the baseline (missing ones are bad input, exit 2, named),
+and where a folder holds examples.csv its results.json must agree with it (recomputed; a disagreement is exit 2).
+Then, per (model, attack):
+- orig_acc and adv_acc at the largest size, pooled over seeds (smaller sizes are prefixes of it and would only
+  repeat the test on less evidence): paired per image where both folders have examples.csv, McNemar's exact test
+  on each distinct test image's correctness; otherwise Fisher's exact test on the two pooled counts, which
+  ignores the pairing and so errs on the side of passing. A regression is a drop with p < alpha.
+- ratio, the paper's ADV/ORIG (mean over sizes of ADV / ORIG on seed means): the difference run - baseline with
+  its percentile bootstrap interval at level 1 - alpha, paired (the same images resampled in both runs) where both
+  have examples.csv, else from independent bootstraps of each run. A regression is an interval below zero; its p
+  is the bootstrap's two-sided share of replicates on the other side of zero.
 `either_way` also fails significant rises (an attack grown weaker changes a benchmark as much as a stronger
-one). `tolerance` replaces the test by an absolute bound on the drop (fractions, e.g. 0.02).
-Exit 0: no regression; 1: a regression (cells printed with both values and the p-value); 2: bad input.
+one). `tolerance` replaces the tests by an absolute bound on the change (fractions for accuracies, ratio units).
+Exit 0: no regression; 1: a regression (cells printed with the metric, both values and p); 2: bad input.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from scipy.stats import fisher_exact
 from tabulate import tabulate
@@ -28,6 +33,7 @@ from benchmark.report import cells, load_results
 
 KEYS = ["model", "attack", "size"]
 METRICS = {"orig_acc": "correct_orig", "adv_acc": "correct_adv"}
+CELL = ["model", "attack", "seed", "size"]
 
 
 def pooled(results: dict) -> pd.DataFrame:
@@ -45,6 +51,32 @@ def pooled(results: dict) -> pd.DataFrame:
     return out
 
 
+def require_cells(run: dict, baseline: dict) -> None:
+    """Every (model, attack, seed, size) of the baseline is in the run, or a UserError naming what is missing."""
+    have = set(map(tuple, cells(run)[CELL].itertuples(index=False)))
+    missing = [c for c in map(tuple, cells(baseline)[CELL].itertuples(index=False)) if c not in have]
+    if missing:
+        listed = ", ".join(f"{m} / {a} / seed {s} / size {z}" for m, a, s, z in missing[:3])
+        raise UserError(f"run lacks {len(missing)} of the baseline's cells (model / attack / seed / size): {listed}"
+                        + (", ..." if len(missing) > 3 else ""))
+
+
+def agree(results: dict, table: pd.DataFrame | None, where: Path) -> None:
+    """A folder's results.json against the accuracies its examples.csv gives (UserError where they differ)."""
+    if table is None:
+        return
+    frame = cells(results)
+    recomputed = examples_csv.accuracies(table, sorted(frame["size"].unique())).set_index(CELL)
+    joined = frame.set_index(CELL)[["orig_acc", "adv_acc"]].join(recomputed.add_suffix("_examples"), how="left")
+    off = joined[~(np.isclose(joined["orig_acc"], joined["orig_acc_examples"], atol=1e-9)
+                   & np.isclose(joined["adv_acc"], joined["adv_acc_examples"], atol=1e-9))]
+    if len(off):
+        (model, attack, seed, size), row = next(iter(off.iterrows()))
+        raise UserError(f"{where}: results.json and examples.csv disagree in {len(off)} cell(s), e.g. {model} / "
+                        f"{attack} / seed {seed} / size {size}: adv_acc {row['adv_acc']:.4f} in results.json, "
+                        f"{row['adv_acc_examples']:.4f} from examples.csv; regenerate the folder")
+
+
 def _paired_p(mine: pd.DataFrame, base: pd.DataFrame, model: str, attack: str, size: int,
               column: str) -> tuple[float, int] | None:
     """McNemar's exact p-value on the distinct images of one cell, or None where the runs' images differ."""
@@ -59,14 +91,34 @@ def _paired_p(mine: pd.DataFrame, base: pd.DataFrame, model: str, attack: str, s
     return stats.mcnemar_p(joined[column], joined[f"{column}_base"]), len(joined)
 
 
+def _ratio_replicates(run: dict, baseline: dict, run_examples: pd.DataFrame | None,
+                      baseline_examples: pd.DataFrame | None) -> dict[tuple[str, str], tuple[np.ndarray, str]]:
+    """Per (model, attack): bootstrap replicates (index 0 observed) of ratio(run) - ratio(baseline), and how they
+    were drawn: paired (the same images resampled in both) where both folders have the cell's images, else from
+    independent bootstraps of each run's counts."""
+    sizes = sorted(cells(baseline)["size"].unique())
+    theirs = stats.cell_replicates(stats.outcomes_from_cells(cells(baseline)))
+    mine = stats.cell_replicates(stats.outcomes_from_cells(cells(run)), salt="run")  # independent of theirs
+    out = {}
+    for key in theirs:
+        joint = None
+        if run_examples is not None and baseline_examples is not None:
+            joint = stats.joint_outcomes([(run_examples, *key), (baseline_examples, *key)],
+                                         theirs[key].outcomes.seeds, max(sizes))
+        if joint is None:
+            out[key] = mine[key].ratio - theirs[key].ratio, "unpaired bootstrap"
+            continue
+        acc = stats.paired_accuracies(joint, sizes, stats.generator(*key, "check"))
+        out[key] = stats.ratio_of(acc, 0) - stats.ratio_of(acc, 1), "paired bootstrap"
+    return out
+
+
 def compare(run: dict, baseline: dict, *, alpha: float = 0.01, tolerance: float | None = None,
             either_way: bool = False, run_examples: pd.DataFrame | None = None,
             baseline_examples: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per baseline cell and metric: baseline, run, delta, the test, its p-value and n, regression."""
+    require_cells(run, baseline)
     mine, base = pooled(run), pooled(baseline)
-    missing = base.index.difference(mine.index)
-    if len(missing):
-        raise UserError(f"run lacks {len(missing)} baseline cell(s), e.g. {' / '.join(map(str, missing[0]))}")
     paired = run_examples is not None and baseline_examples is not None
     rows = []
     for key, b in base.iterrows():
@@ -74,7 +126,7 @@ def compare(run: dict, baseline: dict, *, alpha: float = 0.01, tolerance: float 
         for metric, column in METRICS.items():
             delta = m[metric] - b[metric]
             if tolerance is not None:
-                test, p, n = f"|drop| > {tolerance:g}", float("nan"), int(b["n"])
+                test, p, n = f"|change| > {tolerance:g}", float("nan"), int(b["n"])
                 flagged = (abs(delta) if either_way else -delta) > tolerance + 1e-12
             else:
                 result = _paired_p(run_examples, baseline_examples, *key, column) if paired else None
@@ -87,7 +139,39 @@ def compare(run: dict, baseline: dict, *, alpha: float = 0.01, tolerance: float 
                 flagged = p < alpha and (delta < 0 or either_way) and delta != 0
             rows.append({**dict(zip(KEYS, key)), "metric": metric, "baseline": b[metric], "run": m[metric],
                          "delta": delta, "p": p, "n": n, "test": test, "regression": bool(flagged)})
+    rows += _ratio_rows(run, baseline, alpha=alpha, tolerance=tolerance, either_way=either_way,
+                        run_examples=run_examples, baseline_examples=baseline_examples)
     return pd.DataFrame(rows)
+
+
+def _ratio_rows(run: dict, baseline: dict, *, alpha: float, tolerance: float | None, either_way: bool,
+                run_examples, baseline_examples) -> list[dict]:
+    replicates = _ratio_replicates(run, baseline, run_examples, baseline_examples)
+    rows = []
+    for key, group in cells(baseline).groupby(["model", "attack"], sort=False):
+        diff, how = replicates[key]
+        observed = float(diff[0])
+        base_ratio = float(_paper_ratio(group))
+        if tolerance is not None:
+            test, p = f"|change| > {tolerance:g}", float("nan")
+            flagged = (abs(observed) if either_way else -observed) > tolerance + 1e-12
+        else:
+            tail = 100 * alpha / 2
+            lo, hi = np.nanpercentile(diff[1:], [tail, 100 - tail])
+            above, below = np.mean(diff[1:] >= 0), np.mean(diff[1:] <= 0)
+            p = float(min(1.0, 2 * min(above, below)))
+            test = f"{how} ({100 * (1 - alpha):g}% interval [{lo:+.3f}, {hi:+.3f}])"
+            flagged = bool(hi < 0 or (either_way and lo > 0))
+        rows.append({"model": key[0], "attack": key[1], "size": "mean over sizes", "metric": "ratio",
+                     "baseline": base_ratio, "run": base_ratio + observed, "delta": observed, "p": p,
+                     "n": int(group.groupby("seed")["size"].max().sum()), "test": test,
+                     "regression": bool(flagged)})
+    return rows
+
+
+def _paper_ratio(group: pd.DataFrame) -> float:
+    means = group.groupby("size")[["orig_acc", "adv_acc"]].mean()
+    return float((means["adv_acc"] / means["orig_acc"]).mean())
 
 
 def main(run_dir: Path, baseline_path: Path, *, alpha: float = 0.01, tolerance: float | None = None,
@@ -98,14 +182,19 @@ def main(run_dir: Path, baseline_path: Path, *, alpha: float = 0.01, tolerance: 
     run = load_results(run_dir)
     run_examples = examples_csv.load(run_dir)
     baseline_examples = examples_csv.load(baseline_dir) if baseline_dir is not None else None
+    agree(run, run_examples, Path(run_dir))
+    agree(baseline, baseline_examples, baseline_dir or baseline_path)
     table = compare(run, baseline, alpha=alpha, tolerance=tolerance, either_way=either_way,
                     run_examples=run_examples, baseline_examples=baseline_examples)
     bad = table[table["regression"]]
     kind = "drop" + (" or rise" if either_way else "")
     rule = (f"a {kind} beyond {tolerance:g}" if tolerance is not None
-            else f"a {kind} significant at alpha = {alpha:g} ({', '.join(sorted(set(table['test'])))})")
-    print(f"checked {len(table)} values in {len(table) // len(METRICS)} cells (largest size, pooled over seeds) "
-          f"against {baseline_path}; a regression is {rule}: {len(bad)} found")
+            else f"a {kind} significant at alpha = {alpha:g}")
+    tests = sorted({t.split(" (")[0] if "bootstrap" in t else t for t in table["test"]})
+    found = ", ".join(f"{metric} {count}" for metric, count in bad["metric"].value_counts(sort=False).items())
+    print(f"checked {len(table)} values in {len(table) // (len(METRICS) + 1)} cells (accuracies at the largest "
+          f"size pooled over seeds, and the ADV/ORIG ratio) against {baseline_path}; a regression is {rule} "
+          f"({', '.join(tests)}): {len(bad)} found" + (f" ({found})" if found else ""))
     ours, theirs = run.get("device") or "", baseline.get("device") or ""
     if ours and theirs and not (ours.startswith(theirs) or theirs.startswith(ours)):  # older results: no threads
         # Another device, or on a CPU another thread count, rounds differently: differences need not be the code's.
@@ -131,4 +220,3 @@ def _load(path: Path) -> tuple[dict, Path | None]:
     if not isinstance(results, dict) or "cells" not in results:
         raise UserError(f"{path}: not a results JSON (no cells)")
     return results, (path.parent if path.name == "results.json" else None)
-

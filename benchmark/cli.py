@@ -76,8 +76,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\ninterrupted; finished work is kept and a rerun resumes from it", file=sys.stderr)  # after a bar
+        print(f"\ninterrupted; {_kept()}", file=sys.stderr)  # a newline: after a progress bar
         return 130
+
+
+def _kept() -> str:
+    """What an interrupted run leaves for a rerun, from what this process stored (runner.KEPT)."""
+    runner = sys.modules.get("benchmark.runner")
+    kept = runner.KEPT if runner is not None else {"nodes": 0, "checkpoints": {}}
+    parts = [f"{kept['nodes']} finished node(s)"] if kept["nodes"] else []
+    parts += [f"the training checkpoint of {name} after epoch {epoch}" for name, epoch in kept["checkpoints"].items()]
+    if not parts:
+        return ("nothing was finished yet, so nothing is kept (base training checkpoints at the end of an epoch, "
+                "at most once a minute)")
+    return f"kept in the store: {' and '.join(parts)}; a rerun resumes from them"
 
 
 def _dispatch(args: argparse.Namespace) -> int:

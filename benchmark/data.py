@@ -10,6 +10,7 @@ import io
 import os
 import shutil
 import tarfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,15 @@ ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 SYNTHETIC_SIZE = (5000, 2000)  # train, test: the synthetic source's default
 
 
+def resolved(path: str | os.PathLike) -> Path:
+    """The absolute path, or a UserError for a symbolic link loop (Path.resolve raises RuntimeError on one)."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as exc:
+        raise UserError(f"data path {path}: {'a symbolic link loop' if isinstance(exc, RuntimeError) else exc}"
+                        ) from None
+
+
 def cache_dir() -> Path:
     """Where decoded arrays and the downloaded CIFAR-10/100 live: $BENCH_CACHE, else ~/.cache/adv-transfer-bench."""
     return Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "adv-transfer-bench"))
@@ -41,6 +51,12 @@ class Dataset:
     test_y: torch.Tensor
     classes: list[str]
     identity: dict = field(default_factory=dict)  # source, description, checksum: goes into every result
+
+    def __post_init__(self):
+        # One canonical layout whatever path the pixels took: decoded images come out channels-last (a stack of
+        # HWC arrays transposed), cached ones contiguous, and convolutions round differently on the two.
+        for name in ("train_x", "train_y", "test_x", "test_y"):
+            setattr(self, name, getattr(self, name).contiguous())
 
     def to(self, device: torch.device | str) -> "Dataset":
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
@@ -57,15 +73,12 @@ def load(source: str, path: str | os.PathLike | None = None, *, synthetic_size: 
     if source == "synthetic":
         return synthetic(*synthetic_size)
     path = path or os.environ.get("BENCH_DATA_DIR")
+    if path is not None:
+        resolved(path)
     if path is not None and Path(path).name.endswith(ARCHIVE_SUFFIXES) and not Path(path).is_file():
         raise UserError(f"data archive {path} does not exist")
     if path is not None and _is_image_folder(Path(path)):
-        data = image_folder(path)
-        if source == "cifar10" and sorted(data.classes) != sorted(CIFAR10_CLASSES):
-            found = ", ".join(data.classes[:4]) + (", ..." if len(data.classes) > 4 else "")
-            raise UserError(f"{path}: source 'cifar10' needs the 10 CIFAR-10 classes as folders, found "
-                            f"{len(data.classes)} ({found}); for other images use source = \"folder\"")
-        return data
+        return image_folder(path, classes_required=CIFAR10_CLASSES if source == "cifar10" else None)
     if source == "folder":
         raise UserError(f"data source 'folder' needs an image folder or .tar.gz with train/<class>/ and "
                         f"test/<class>/; got {path!r} (pass --data-dir PATH)")
@@ -123,31 +136,38 @@ def _cifar(kind, title: str, source: str, folder: str, md5: str, root) -> Datase
 
 
 # ------------------------------------------------------------------------------------------------ image folders
-def image_folder(path: str | os.PathLike) -> Dataset:
+def image_folder(path: str | os.PathLike, classes_required: list[str] | None = None) -> Dataset:
     """`train/<class>/*` and `test/<class>/*` (optionally under one top folder), a directory or a .tar.gz read in
-    place. Classes sort alphabetically into labels. Decoded once, then cached as uint8 arrays keyed by checksum."""
+    place. Classes sort alphabetically into labels; `classes_required`: the ones it must have (CIFAR-10's, where it stands in
+    for CIFAR-10). Decoded once, then cached as uint8 arrays keyed by checksum (after every check: bad data leaves
+    no cache behind)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"data path {path} does not exist")
     checksum = _checksum(path)
     from PIL import __version__ as pillow  # decoders differ between versions: part of the cache key
 
-    cached = cache_dir() / "decoded" / f"{checksum.replace(':', '-')}-pillow{pillow}.npz"
+    cached = cache_dir() / "decoded" / f"{checksum.replace(':', '-')}-pillow{pillow}-v2.npz"
     if cached.exists():
         arrays = dict(np.load(cached, allow_pickle=False))
     else:
-        arrays = _decode(path)
+        arrays = _decode(path, classes_required)
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(f".tmp{os.getpid()}.npz")
         np.savez(tmp, **arrays)
         os.replace(tmp, cached)
     lossy = any(str(s).lower().endswith((".jpg", ".jpeg")) for s in arrays["suffixes"])
     classes = [str(c) for c in arrays["classes"]]
+    _require(path, classes, classes_required)
+    converted = {m: int(n) for m, n in (str(c).split(":") for c in arrays.get("converted", []))}
+    notes = (["lossy JPEG copy, not the original pixels"] if lossy else []) + (
+        [f"converted to RGB: {', '.join(f'{n} {mode}' for mode, n in converted.items())} image(s)"]
+        if converted else [])
     return Dataset(torch.from_numpy(arrays["train_x"]), torch.from_numpy(arrays["train_y"]).long(),
                    torch.from_numpy(arrays["test_x"]), torch.from_numpy(arrays["test_y"]).long(), classes,
                    {"source": "folder", "path": path.name, "checksum": checksum, "lossy": lossy,
-                    "description": f"image folder {path.name}" + (" (lossy JPEG copy, not the original pixels)"
-                                                                  if lossy else "")})
+                    **({"converted_to_rgb": converted} if converted else {}),
+                    "description": f"image folder {path.name}" + (f" ({'; '.join(notes)})" if notes else "")})
 
 
 def _checksum(path: Path) -> str:
@@ -162,7 +182,7 @@ def _checksum(path: Path) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
-def _decode(path: Path) -> dict[str, np.ndarray]:
+def _decode(path: Path, required: list[str] | None = None) -> dict[str, np.ndarray]:
     from PIL import Image
 
     entries: dict[str, dict[str, list[tuple[str, bytes]]]] = {"train": {}, "test": {}}
@@ -174,28 +194,52 @@ def _decode(path: Path) -> dict[str, np.ndarray]:
         if split in entries:
             entries[split].setdefault(cls, []).append((name, read()))
     classes = sorted(entries["train"])
-    if not classes or sorted(entries["test"]) != classes:
-        raise UserError(f"{path}: expected train/<class>/*.jpg and test/<class>/*.jpg with the same classes")
+    if sorted(entries["test"]) != classes or not classes:
+        only_train = sorted(set(classes) - set(entries["test"]))
+        only_test = sorted(set(entries["test"]) - set(classes))
+        found = (f"; classes only in train/: {', '.join(only_train)}" if only_train else "") + \
+                (f"; classes only in test/: {', '.join(only_test)}" if only_test else "")
+        raise UserError(f"{path}: expected train/<class>/<images> and test/<class>/<images> with the same classes"
+                        + (found or " (no images found)"))
+    if len(classes) < 2:
+        raise UserError(f"{path}: one class ({classes[0]}) is no classification task; give at least two")
+    _require(path, classes, required)
     out: dict[str, np.ndarray] = {"classes": np.array(classes)}
-    suffixes = set()
+    suffixes, converted = set(), {}
     for split, by_class in entries.items():
-        images, labels = [], []
+        images, labels, names = [], [], []
         for label, cls in enumerate(classes):
             for name, blob in sorted(by_class[cls]):
                 try:
-                    img = Image.open(io.BytesIO(blob)).convert("RGB")
+                    img = Image.open(io.BytesIO(blob))
+                    if img.mode != "RGB":  # grayscale, palette, RGBA...: accepted, and the report says so
+                        converted[img.mode] = converted.get(img.mode, 0) + 1
+                    img = img.convert("RGB")
                 except (OSError, SyntaxError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
                     raise UserError(f"{path}: cannot decode image {name} ({type(exc).__name__})") from None
                 images.append(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
                 labels.append(label)
+                names.append(name)
                 suffixes.add(Path(name).suffix.lower())
-        try:
-            out[f"{split}_x"] = np.stack(images)
-        except ValueError:
-            raise UserError(f"{path}: images in {split}/ differ in size") from None
+        shapes = [im.shape for im in images]
+        common = max(set(shapes), key=shapes.count)
+        odd = next((n for n, shape in zip(names, shapes) if shape != common), None)
+        if odd is not None:
+            h, w = images[names.index(odd)].shape[1:]
+            raise UserError(f"{path}: images in {split}/ differ in size: {odd} is {w}x{h}, most are "
+                            f"{common[2]}x{common[1]}")
+        out[f"{split}_x"] = np.stack(images)
         out[f"{split}_y"] = np.array(labels, dtype=np.int64)
     out["suffixes"] = np.array(sorted(suffixes))
+    out["converted"] = np.array([f"{mode}:{n}" for mode, n in sorted(converted.items())], dtype=str)
     return out
+
+
+def _require(path: Path, classes: list[str], required: list[str] | None) -> None:
+    if required is not None and sorted(classes) != sorted(required):
+        found = ", ".join(classes[:4]) + (", ..." if len(classes) > 4 else "")
+        raise UserError(f"{path}: source 'cifar10' needs the 10 CIFAR-10 classes as folders, found "
+                        f"{len(classes)} ({found}); for other images use source = \"folder\"")
 
 
 def _members(path: Path):
@@ -209,8 +253,9 @@ def _members(path: Path):
                 if member.isfile():
                     blob = tar.extractfile(member).read()
                     yield member.name, (lambda b=blob: b)
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise UserError(f"cannot read archive {path}: {exc}") from None
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot read archive {path}: not a readable tar archive ({first})") from None
 
 
 # ------------------------------------------------------------------------------------------------- synthetic

@@ -6,7 +6,7 @@ are random subsets too, and cost one attack instead of five).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -21,42 +21,28 @@ def subset(n_test: int, size: int, seed: int) -> torch.Tensor:
     return torch.randperm(n_test, generator=torch.Generator().manual_seed(seed))[:size]
 
 
-CPU_BATCH = 500
+BATCH = 500  # the attack batch unless a suite sets [evaluation] batch_size: a fixed number, whatever the device
 
 
-def batch_from_memory(free_bytes: int, per_image_bytes: float, *, fraction: float = 0.5, cap: int = 4096) -> int:
-    """The attack batch that fills `fraction` of free device memory, as a multiple of 64 in [64, cap]."""
-    fitting = int(fraction * free_bytes / max(per_image_bytes, 1.0))
-    return max(64, min(cap, fitting // 64 * 64))
-
-
-def auto_batch_size(model: torch.nn.Module, images: torch.Tensor, probe: int = 64) -> int:
-    """On CUDA, measure one forward and input-gradient pass on `probe` images and size the attack batch from
-    the free memory; elsewhere CPU_BATCH (the CPU gains nothing from larger batches, and a fixed size keeps CPU
-    runs bit-reproducible). Attacks whose inner loop keeps more than one graph bound their own chunks."""
-    if images.device.type != "cuda" or len(images) <= probe:
-        return CPU_BATCH
-    device = images.device
-    x = to_float(images[:probe]).requires_grad_(True)
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    try:
-        (grad,) = torch.autograd.grad(model(x).float().logsumexp(1).sum(), x)
-    except torch.cuda.OutOfMemoryError:  # a nearly full device: the smallest batch, not a crash
-        return probe
-    del grad
-    torch.cuda.synchronize(device)
-    per_image = (torch.cuda.max_memory_allocated(device) - before) / len(x)
-    free, _ = torch.cuda.mem_get_info(device)
-    return batch_from_memory(free, per_image)
+def halving_on_oom(batch_size: int, attempt: Callable[[int], Any], desc: str) -> Any:
+    """`attempt(batch_size)`, and on CUDA running out of memory again with half the batch, down to 1. The attack
+    batch changes how convolutions round, so the caller keys and records the batch that ran (attempt's own)."""
+    while True:
+        try:
+            return attempt(batch_size)
+        except torch.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            batch_size = max(1, batch_size // 2)
+            tqdm.write(f"{desc}: out of device memory; retrying with attack batch {batch_size}")
 
 
 def attack_images(attack: Attack, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                  batch_size: int | None, desc: str = "attack") -> torch.Tensor:
-    """Adversarial versions of uint8 or float images, batched (`None`: auto_batch_size); float32 in [0,1] on
-    the images' device."""
-    batch_size = batch_size or auto_batch_size(model, images)
+                  batch_size: int, desc: str = "attack") -> torch.Tensor:
+    """Adversarial versions of uint8 or float images, `batch_size` at a time; float32 in [0,1] on the images'
+    device. Random draws follow the positions, not the batches; rounding can follow the batch (README)."""
     out = []
     for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, dynamic_ncols=True):
         x = to_float(images[start:start + batch_size])
@@ -66,7 +52,7 @@ def attack_images(attack: Attack, model: torch.nn.Module, images: torch.Tensor, 
 
 
 def run_evaluation(model: torch.nn.Module, attack: Attack, images: torch.Tensor, labels: torch.Tensor,
-                   batch_size: int | None, desc: str) -> dict[str, list]:
+                   batch_size: int, desc: str) -> dict[str, list]:
     """Per-image outcome: true label, clean and adversarial predictions, and the perturbation's L0/L2/Linf in
     pixel space; `batch_invariant`: whether every random draw of the attack was tied to one image."""
     clean = to_float(images)
@@ -77,7 +63,7 @@ def run_evaluation(model: torch.nn.Module, attack: Attack, images: torch.Tensor,
             "l0": (delta.abs() > 1e-6).sum(1).tolist(),
             "l2": [round(v, 6) for v in delta.norm(dim=1).tolist()],
             "linf": [round(v, 6) for v in delta.abs().amax(1).tolist()],
-            "batch_invariant": attack.batch_invariant}
+            "batch_invariant": attack.batch_invariant, "attack_batch_size": batch_size}
 
 
 def summarize(outcome: dict[str, list], size: int, num_classes: int) -> dict[str, Any]:

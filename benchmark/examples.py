@@ -71,3 +71,18 @@ def accuracies(table: pd.DataFrame, sizes: Iterable[int]) -> pd.DataFrame:
         rows.append(acc.rename(columns={"correct_orig": "orig_acc", "correct_adv": "adv_acc"})
                     .assign(size=size).reset_index())
     return pd.concat(rows, ignore_index=True)
+
+
+def recompute(cells: list[dict], table: pd.DataFrame) -> list[dict]:
+    """results.json cells with orig_acc, adv_acc, ratio and success_rate taken from the examples (a planted
+    change to examples.csv made consistent, as in benchmarks/gate_power.py)."""
+    keyed = table.set_index(["model", "attack", "seed"]).sort_index()
+    out = []
+    for cell in cells:
+        rows = keyed.loc[(cell["model"], cell["attack"], cell["seed"])]
+        rows = rows[rows["position"] < cell["size"]]
+        orig, adv = rows["correct_orig"].to_numpy(bool), rows["correct_adv"].to_numpy(bool)
+        out.append({**cell, "orig_acc": float(orig.mean()), "adv_acc": float(adv.mean()),
+                    "ratio": float(adv.mean() / orig.mean()) if orig.any() else float("nan"),
+                    "success_rate": float(1 - (orig & adv).sum() / orig.sum()) if orig.any() else float("nan")})
+    return out

@@ -125,8 +125,12 @@ def ratio_table(results: dict, means: pd.DataFrame, reps: dict | None = None) ->
         if reps is not None:
             rows[-1].insert(3, _interval(*stats.summary(reps[(r["model"], r["attack"])].ratio)[1:], 3))
     ci = ["95% CI"] if reps is not None else []
-    return [tabulate(rows, headers=["model", "attack", "ADV/ORIG measured"] + ci + [
-        "paper (stated)", "paper (from its tables)", "Δ"], tablefmt="github", disable_numparse=True)]
+    headers = ["model", "attack", "ADV/ORIG measured"] + ci + ["paper (stated)", "paper (from its tables)", "Δ"]
+    if not reference.get("tables"):  # nothing to compare with: no empty paper columns
+        width = len(headers) - 3
+        headers, rows = headers[:width], [row[:width] for row in rows]
+    return ["The paper's ratio: the mean over the evaluation sizes of ADV / ORIG, each the mean over seeds.\n",
+            tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)]
 
 
 def agreement_table(means: pd.DataFrame) -> list[str]:
@@ -292,44 +296,50 @@ def interval_cells(intervals: pd.DataFrame, model: str, attack: str, kind: str, 
     return [_interval(sel.at[s, "lo"], sel.at[s, "hi"]) if s in sel.index else "" for s in sizes]
 
 
-def _verdict_rows(results: dict, reps: dict) -> pd.DataFrame:
-    table = stats.claims_frame(results, reps)
+def _verdict_rows(results: dict, reps: dict, examples: pd.DataFrame | None) -> pd.DataFrame:
+    table = stats.claims_frame(results, reps, examples)
     digits = table["unit"].map({"ratio": 3, "points": 1})
-    table["measured"] = [f"{v:.{d}f} {_interval(lo, hi, d)}" if not np.isnan(v) else ""
-                         for v, lo, hi, d in zip(table["value"], table["lo"], table["hi"], digits)]
+    table["measured"] = [f"{v:.{d}f} {_interval(lo, hi, d)}" + (" paired" if paired and diff else "")
+                         if not np.isnan(v) else ""
+                         for v, lo, hi, d, paired, diff in zip(table["value"], table["lo"], table["hi"], digits,
+                                                                table["paired"], table["difference"])]
     table["paper value"] = [f"{v:.{d}f} ({src})" for v, d, src in zip(table["paper"], digits, table["source"])]
-    table["verdict"] = [f"{v}; ours {sign}" if sign else v for v, sign in zip(table["verdict"], table["sign"])]
     return table
 
 
-def verdicts(results: dict, reps: dict, against: dict | None = None) -> list[str]:
-    """Each claim of the paper: its value, ours with a 95% interval, and a verdict (stats.verdict); with
-    `against`, the other run's beside it, claims matched by text and the cell that measures them."""
+def verdicts(results: dict, reps: dict, against: dict | None = None, examples: pd.DataFrame | None = None,
+             against_examples: pd.DataFrame | None = None) -> list[str]:
+    """Each claim of the paper: its value, ours with a 95% interval, a verdict on the value (stats.verdict) and,
+    for a difference between two models, one on its direction; with `against`, the other run's beside it,
+    claims matched by text and the cell that measures them."""
     if not (results.get("reference") or {}).get("tables"):
         return []
-    mine = _verdict_rows(results, reps)
-    headers = ["claim", "paper value", "measured in", "ours [95% CI]", "verdict"]
-    rows = mine[["claim", "paper value", "ours", "measured", "verdict"]]
+    mine = _verdict_rows(results, reps, examples)
+    columns = ["claim", "ours", "measured", "direction", "verdict"]
+    headers = ["claim", "paper value", "measured in", "ours [95% CI]", "direction", "value"]
+    rows = mine[["claim", "paper value", "ours", "measured", "direction", "verdict"]]
     if against is not None and (against.get("reference") or {}).get("tables"):
-        theirs = _verdict_rows(against, stats.replicates_of(against))[["claim", "ours", "measured", "verdict"]]
+        theirs = _verdict_rows(against, stats.replicates_of(against), against_examples)[columns]
         # claims (in the paper's names) match across runs; cells by name where both measure them
         order = list(dict.fromkeys(list(mine["claim"]) + list(theirs["claim"])))
         rows = rows.merge(theirs, on=["claim", "ours"], how="outer", suffixes=("", "_other"))
         rows = rows.sort_values("claim", key=lambda c: c.map(order.index), kind="stable")
         this, that = results.get("suite_name"), against.get("suite_name")
-        headers = ["claim", "paper value", "measured in", f"{this} [95% CI]", f"verdict {this}",
-                   f"{that} [95% CI]", f"verdict {that}"]
+        headers = ["claim", "paper value", "measured in", f"{this} [95% CI]", f"direction {this}",
+                   f"value {this}", f"{that} [95% CI]", f"direction {that}", f"value {that}"]
         rows = rows.assign(**{"paper value": rows["paper value"].fillna(
             rows["claim"].map(dict(zip(mine["claim"], mine["paper value"]))))}).fillna("")
     threshold = ", ".join(f"{unit} {width:g}" for unit, width in stats.TOO_WIDE.items())
     return ["## Verdicts against the paper\n",
-            f"Reproduced: the paper's value lies inside our 95% interval and the interval is no wider than "
-            f"{threshold} (its unit); inconclusive: inside, but wider; contradicted: outside, and in which "
-            f"direction. Ratios are the paper's (mean over sizes of ADV/ORIG on seed means); intervals are "
-            f"percentile bootstraps over images ({stats.REPLICATES} replicates, numpy seed "
-            f"{stats.BOOTSTRAP_SEED}); differences between two models are bootstrapped unpaired here and paired "
-            f"per image below where examples.csv is at hand. Stated ratios are rounded to 2 decimals in the "
-            f"paper.\n",
+            f"Value: reproduced when the paper's value lies inside our 95% interval and the interval is no wider "
+            f"than {threshold} (its unit); inconclusive: inside, but wider; contradicted: outside, and in which "
+            f"direction. Direction (differences between two models only): reproduced when our interval lies on "
+            f"the paper's side of zero, contradicted on the other side, not significant when it spans zero; so a "
+            f"sign reproduced with a size that is not reads 'reproduced' beside 'contradicted'. Ratios are the "
+            f"paper's (mean over sizes of ADV/ORIG on seed means); intervals are percentile bootstraps over "
+            f"images ({stats.REPLICATES} replicates, numpy seed {stats.BOOTSTRAP_SEED}); a difference marked "
+            f"'paired' resamples the same images for both models (examples.csv), otherwise the two models' "
+            f"intervals are drawn independently. Stated ratios are rounded to 2 decimals in the paper.\n",
             tabulate(rows.values.tolist(), headers=headers, tablefmt="github", disable_numparse=True), ""]
 
 
@@ -462,21 +472,24 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
-def render(results: dict, run_dir: Path, *, against: dict | None = None, with_figures: bool = True) -> str:
+def render(results: dict, run_dir: Path, *, against: dict | None = None, against_examples: pd.DataFrame | None = None,
+           with_figures: bool = True) -> str:
     frame = cells(results)
     means = seed_means(frame)
     data = results.get("data", {})
     parts = [f"# {results.get('suite_name')}: adversarial fine-tuning transfer report", "",
              f"Data: **{data.get('description')}**. Profile: **{results.get('profile')}**.", ""]
-    parts += model_sources(results) + ["## Tables as in the paper", ""]
+    with_paper = bool((results.get("reference") or {}).get("tables"))
+    parts += model_sources(results) + ["## Tables as in the paper" if with_paper else "## Accuracy", ""]
     reps = stats.replicates_of(results)
+    examples = examples_csv.load(run_dir)
     parts += paper_tables(results, means, stats.accuracy_intervals(reps))
-    parts += ["## ADV/ORIG ratio", ""] + ratio_table(results, means, reps) + [""]
-    parts += verdicts(results, reps, against)
+    parts += ["## ADV/ORIG ratio (mean over sizes)", ""] + ratio_table(results, means, reps) + [""]
+    parts += verdicts(results, reps, against, examples, against_examples)
     parts += ["## Attacks side by side (cross-toolkit agreement)", ""] + agreement_table(means) + [""]
     parts += clamp_ablation(results, frame, means)
     parts += finetune_images(results, frame) + departures(results) + batch_dependence(results, frame)
-    parts += per_example_sections(results, examples_csv.load(run_dir))
+    parts += per_example_sections(results, examples)
     if against is not None:
         parts += comparison(results, means, against)
     if with_figures:
@@ -488,7 +501,8 @@ def render(results: dict, run_dir: Path, *, against: dict | None = None, with_fi
 def write(run_dir: Path, *, against: Path | None = None) -> str:
     results = load_results(run_dir)
     other = load_results(against) if against is not None else None
-    text = render(results, Path(run_dir), against=other)
+    text = render(results, Path(run_dir), against=other,
+                  against_examples=examples_csv.load(against) if against is not None else None)
     path = Path(run_dir) / "report.md"
     atomic_write(path, text.encode())
     return text

@@ -3,21 +3,24 @@ evaluations, benchmark.graph) that an executor runs (benchmark.executor: in this
 every node cached in a store under a key that hashes everything that determines it.
 
 Keys: every key carries a hash of the data's pixels and labels, the versions of the libraries that can change a
-number, the kind of device (and on a CPU the thread count), and a fingerprint of the code that computes the node
-(benchmark.fingerprint). Besides, a base model hashes its suite entry (defaults filled in) and its precision; a
-fine-tune its entry, its parent's weights hash and its adversarial set's hash; an adversarial set its attack's
-resolved parameters (`Attack.describe()`, defaults included), the parent's weights and the image indices; an
-evaluation the model's weights, the attack's resolved parameters, the seed and its image indices. So a rerun after
-a change of an attack's code or defaults re-runs that attack's evaluations and adversarial sets and nothing
-upstream, and a training checkpoint is resumed only by the code that wrote it. A rerun reuses what finished;
-kill -9 loses at most the nodes in flight, and for base training only the epochs since its last checkpoint (at
-most about a minute's work). Several suites in one command share the store, and a node they share runs once.
+number, and the kind of device (and on a CPU the thread count). Besides, a base model hashes its suite entry
+(defaults filled in) and its precision; a fine-tune its entry, its parent's weights hash and its adversarial
+set's hash; an adversarial set its attack's resolved parameters (`Attack.describe()`, defaults included), the
+parent's weights, the image indices and the attack batch; an evaluation the model's weights, the attack's resolved
+parameters, the seed, its image indices and the attack batch. Code is not in the keys: every stored record
+carries the manifest of the code its computation ran (benchmark.fingerprint), and is served only while that code
+is unchanged. So a rerun after an edit of an attack re-runs that attack's evaluations and adversarial sets and
+nothing upstream, an edit of a report-only function re-runs nothing, and a training checkpoint is resumed only
+by the code that wrote it. A node being computed is claimed in the store (Store.claim): a second run over the same
+store waits for it rather than computing it again. A rerun reuses what finished; kill -9 loses at most the nodes
+in flight, and for base training only the epochs since its last checkpoint (at most about a minute's work).
+Several suites in one command share the store, and a node they share runs once.
 
-A loaded model (benchmark.sources) hashes its checkpoint file's sha256 (not its path) and its builder (a factory's
-module source too); an in-memory module its weights and the source of its classes.
+A loaded model (benchmark.sources) hashes its checkpoint file's sha256 (not its path) and its builder with the
+code that building it ran; an in-memory module its weights and the source of its classes.
 
 Random draws: training follows the recipe's seed; an attack's draws follow the evaluation seed and each image's
-position (adapters.rng), so the attack batch size, which follows free memory on a GPU, changes no number.
+position (adapters.rng), never the batch; the attack batch can still change rounding, so keys carry it.
 
 Nodes are pure functions of their suite's context (`Work.context()`) and their dependencies' values, so an
 executor may run them in any process that sees the store; the driver writes results.json and the report.
@@ -25,8 +28,10 @@ executor may run them in any process that sees the store; the driver writes resu
 from __future__ import annotations
 
 import copy
+import json
 import os
 import platform
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -39,7 +44,7 @@ import torch
 from adapters import get_attack
 from adapters.base import exact_fp32
 from benchmark import data as datasets
-from benchmark import env, evaluate, examples, fingerprint, models, preflight, report, sources, train
+from benchmark import env, evaluate, examples, fingerprint, models, preflight, report, sources
 from benchmark.errors import UserError
 from benchmark.executor import Executor, LocalExecutor
 from benchmark.graph import Node, Outcome, RunFailed
@@ -154,6 +159,12 @@ def run_suites(suites: list[Suite | str | Path], outs: list[str | Path] | None =
     works = [Work(suite, data, torch_device, store_root.resolve(), versions, loaded, code)  # workers' cwd differs
              for suite, (data, loaded) in zip(suites, prepared)]
     data_seconds = time.perf_counter() - started
+    for work in works:
+        ctx = Context(work.suite, work.data, torch_device, Store(work.store_root), versions)
+        note = preflight.heavy_training(work.suite, work.data, torch_device, lambda spec: ctx.store.get_json(
+            "model-info", base_key(ctx, spec)) is not None)
+        if note:
+            print(note, file=sys.stderr)
     nodes, plans = plan_graph(works)
     graph_started = time.perf_counter()
     outcome = executor.run(nodes, {w.token: w for w in works})
@@ -199,6 +210,7 @@ def plan_graph(works: list[Work]) -> tuple[list[Node], list[Plan]]:
         suite, plan = work.suite, Plan({}, [], set(), {})
         # Besides its own inputs, what a node's result depends on within one command (versions and code are one).
         same = {"data": work.data.identity["pixels"], "device": work.device.type}
+        batch = {"attack_batch": suite.eval_batch_size}  # rounding can follow the attack batch
         label = f"{suite.name}: " if len(works) > 1 else ""  # failures name the suite when there are several
         for spec in suite.models.values():
             stage, e = f"model:{spec.name}", spec.entry
@@ -209,7 +221,7 @@ def plan_graph(works: list[Work]) -> tuple[list[Node], list[Plan]]:
                 plan.models[spec.name] = add(node, plan)
                 continue
             parent = plan.models[spec.parent]
-            adv = add(Node(digest(["adversarial-set", e, parent, same]),
+            adv = add(Node(digest(["adversarial-set", e, parent, same, batch]),
                            f"{label}perturb {e['images']} for {spec.name}", stage, work.token, (parent,),
                            partial(adversarial_set_node, name=spec.name, parent=parent)), plan)
             plan.models[spec.name] = add(Node(
@@ -222,7 +234,7 @@ def plan_graph(works: list[Work]) -> tuple[list[Node], list[Plan]]:
                 for seed in suite.seeds:
                     job = Evaluation(model, spec, seed, size)
                     what = [spec.adapter, build_attack(spec, seed).describe(), seed, size]
-                    node = Node(digest(["evaluation", plan.models[model], what, same]),
+                    node = Node(digest(["evaluation", plan.models[model], what, same, batch]),
                                 f"{label}{attack_name} on {model} (seed {seed})", f"attack:{attack_name}", work.token,
                                 (plan.models[model],), partial(evaluation_node, job=job, model=plan.models[model]))
                     plan.evaluations.append((job, add(node, plan)))
@@ -236,7 +248,8 @@ def write_run(work: Work, plan: Plan, outcome: Outcome, out: Path, executor: dic
     import pandas as pd
 
     suite, data = work.suite, work.data
-    model_info = {name: {**outcome.values[node], "name": name} for name, node in plan.models.items()}
+    model_info = {name: {**{k: v for k, v in outcome.values[node].items() if k != "computed"}, "name": name}
+                  for name, node in plan.models.items()}
     jobs = [job for job, _ in plan.evaluations]
     outcomes = [outcome.values[node] for _, node in plan.evaluations]
     rows = summarize(suite, model_info, len(data.classes), jobs, outcomes)
@@ -252,8 +265,12 @@ def write_run(work: Work, plan: Plan, outcome: Outcome, out: Path, executor: dic
     for node, stage in plan.stages.items():
         timings[stage] = round(timings.get(stage, 0.0) + outcome.seconds.get(node, 0.0), 3)
     timings["total"] = round(time.perf_counter() - started, 3)
-    atomic_json(out / "run.json", {"timings_s": timings, "device": results["device"],
-                                   "executor": executor, "suite_hash": suite.hash})
+    # Nodes computed by this command, and those served from the store (by an earlier run, or by another run
+    # over the same store that this one waited for).
+    computed = sum(bool(outcome.values[node].get("computed")) for node in plan.node_ids)
+    atomic_json(out / "run.json", {"timings_s": timings, "device": results["device"], "executor": executor,
+                                   "suite_hash": suite.hash,
+                                   "nodes": {"computed": computed, "reused": len(plan.node_ids) - computed}})
     if write_report:
         report.write(out)
     return pd.DataFrame(rows)
@@ -266,7 +283,7 @@ def prepare_data(suite: Suite, data_dir, loaded: dict[str, datasets.Dataset] | N
     if data_dir is None and "path" in spec:
         data_dir = suite.path.parent / spec["path"]
     size = (spec.get("train", 5000), spec.get("test", 2000))
-    where = repr([spec["source"], str(Path(data_dir).resolve()) if data_dir else None, size])
+    where = repr([spec["source"], str(datasets.resolved(data_dir)) if data_dir else None, size])
     loaded = {} if loaded is None else loaded
     if where not in loaded:
         data = datasets.load(spec["source"], data_dir, synthetic_size=size)
@@ -282,18 +299,52 @@ def prepare_data(suite: Suite, data_dir, loaded: dict[str, datasets.Dataset] | N
 
 
 def load_model(ctx: Context, name: str) -> torch.nn.Module:
+    """A model of the suite on the device, built once per process; the code that built it counts as run by
+    every node that uses it (fingerprint.include)."""
     if name not in ctx._loaded:
         info = ctx.model_info[name]
         root = ctx.suite.root(name)
-        model = (copy.deepcopy(ctx.loaded_sources[root.name].module) if root.loaded else
-                 models.build(root.entry["arch"], mean=root.entry["mean"], std=root.entry["std"],
-                              num_classes=len(ctx.data.classes)))
-        model.load_state_dict(ctx.store.get_tensors("models", info["key"], ctx.device))
-        model = model.to(ctx.device).eval()
-        if ctx.device.type == "cuda":  # the layout cuDNN's fastest convolutions want; attacks stay in fp32
-            model = model.to(memory_format=torch.channels_last)
-        ctx._loaded[name] = model
-    return ctx._loaded[name]
+        with fingerprint.record() as built:
+            model = (copy.deepcopy(ctx.loaded_sources[root.name].module) if root.loaded else
+                     models.build(root.entry["arch"], mean=root.entry["mean"], std=root.entry["std"],
+                                  num_classes=len(ctx.data.classes)))
+            model.load_state_dict(ctx.store.get_tensors("models", info["key"], ctx.device))
+            model = model.to(ctx.device).eval()
+            if ctx.device.type == "cuda":  # the layout cuDNN's fastest convolutions want; attacks stay in fp32
+                model = model.to(memory_format=torch.channels_last)
+        ctx._loaded[name] = model, built.codes
+    model, codes = ctx._loaded[name]
+    fingerprint.include(codes)
+    return model
+
+
+# What this process has stored so far, for the line an interrupted run ends with (cli._kept); with the Ray
+# executor the workers store, and this stays empty.
+KEPT: dict[str, Any] = {"nodes": 0, "checkpoints": {}}
+
+
+def cached(ctx: Context, kind: str, key: str, compute, *, tensors: str | None = None) -> dict:
+    """The record stored under kind/key, while the code that computed it is unchanged (fingerprint.unchanged)
+    and, with `tensors`, its tensors are intact; else `compute()` (which writes the tensors and returns the
+    record), claimed in the store so that another process wanting it waits, recorded (fingerprint.record) and
+    stored with the manifest of the code it ran. The value says whether it was computed here ("computed")."""
+    def stored() -> dict | None:
+        info = ctx.store.get_json(kind, key)
+        if info is None or not fingerprint.unchanged(info.get("code")):
+            return None
+        return info if tensors is None or ctx.store.get_tensors(tensors, key) is not None else None
+
+    info = stored()
+    if info is None:
+        with ctx.store.claim(kind, key):
+            info = stored()  # another process may have finished it while this one waited
+            if info is None:
+                with fingerprint.record() as ran:
+                    info = compute()
+                ctx.store.put_json(kind, key, {**info, "code": ran.manifest()})
+                KEPT["nodes"] += 1
+                return {**info, "computed": True}
+    return {**{k: v for k, v in info.items() if k != "code"}, "computed": False}
 
 
 # ----------------------------------------------------------------------------------------------- graph nodes
@@ -305,13 +356,13 @@ def base_model_node(ctx: Context, values: dict, *, name: str) -> dict:
     spec = ctx.suite.models[name]
     if spec.loaded:
         return _with_source(load_source(ctx, spec), spec)
-    key = digest({"kind": "model", "entry": spec.entry, **ctx.made_with("model"), "precision": _precision(ctx, True),
-                  "code": fingerprint.code(train_base, base_split, _save_model, train, models,
-                                           datasets.augment)})[:24]
-    info = ctx.store.get_json("model-info", key)
-    if info is None or ctx.store.get_tensors("models", key) is None:
-        info = train_base(ctx, spec, key)
-    return _with_source(info, spec)
+    key = base_key(ctx, spec)
+    return _with_source(cached(ctx, "model-info", key, partial(train_base, ctx, spec, key), tensors="models"), spec)
+
+
+def base_key(ctx: Context, spec: ModelSpec) -> str:
+    return digest({"kind": "model", "entry": spec.entry, **ctx.made_with("model"),
+                   "precision": _precision(ctx, True)})[:24]
 
 
 def adversarial_set_node(ctx: Context, values: dict, *, name: str, parent: str) -> dict:
@@ -319,7 +370,7 @@ def adversarial_set_node(ctx: Context, values: dict, *, name: str, parent: str) 
     spec = ctx.suite.models[name]
     ctx.model_info[spec.parent] = values[parent]
     key, info = build_adversarial_set(ctx, spec)
-    return {"key": key, "info": info}
+    return {"key": key, "info": info, "computed": info.pop("computed")}
 
 
 def finetune_node(ctx: Context, values: dict, *, name: str, parent: str, adversarial_set: str) -> dict:
@@ -329,12 +380,12 @@ def finetune_node(ctx: Context, values: dict, *, name: str, parent: str, adversa
     adv = values[adversarial_set]
     key = digest({"kind": "finetune", "entry": spec.entry, "parent": [parent_info["key"], parent_info["weights"]],
                   "adversarial_set": adv["info"]["hash"], **ctx.made_with("model"),
-                  "precision": _precision(ctx, False),
-                  "code": fingerprint.code(finetune, _save_model, train, models)})[:24]
-    info = ctx.store.get_json("model-info", key)
-    if info is None or ctx.store.get_tensors("models", key) is None:
-        info = finetune(ctx, spec, key, adv["key"], adv["info"])
-    return _with_source(info, spec)
+                  "precision": _precision(ctx, False)})[:24]
+    info = cached(ctx, "model-info", key, partial(finetune, ctx, spec, key, adv["key"], adv["info"]),
+                  tensors="models")
+    # Keyed by the images' hash: another attack batch that gave the same images is served the same weights, and
+    # the record names the adversarial set this run made.
+    return _with_source({**info, "adversarial_set": adv["info"]}, spec)
 
 
 def evaluation_node(ctx: Context, values: dict, *, job: Evaluation, model: str) -> dict:
@@ -351,13 +402,10 @@ def load_source(ctx: Context, spec: ModelSpec) -> dict:
     """A loaded model (benchmark.sources) enters the store like a trained one, keyed by what identifies it: the
     checkpoint's sha256 and its builder, or an in-memory module's weights and class source."""
     loaded = ctx.loaded_sources[spec.name]
-    key = digest({"kind": "loaded-model", "identity": loaded.identity, **ctx.made_with("model"),
-                  "code": fingerprint.code(load_source, _save_model, sources, models)})[:24]
-    info = ctx.store.get_json("model-info", key)
-    if info is None or ctx.store.get_tensors("models", key) is None:
-        info = _save_model(ctx, key, copy.deepcopy(loaded.module).to(ctx.device).eval(),
-                           {"name": spec.name, "kind": "loaded", "source": loaded.source})
-    return info
+    key = digest({"kind": "loaded-model", "identity": loaded.identity, **ctx.made_with("model")})[:24]
+    return cached(ctx, "model-info", key, lambda: _save_model(
+        ctx, key, copy.deepcopy(loaded.module).to(ctx.device).eval(),
+        {"name": spec.name, "kind": "loaded", "source": loaded.source}), tensors="models")
 
 
 def _recipe_source(spec: ModelSpec) -> dict:
@@ -375,8 +423,7 @@ def _save_model(ctx: Context, key: str, model: torch.nn.Module, info: dict) -> d
     state = {k: v for k, v in model.state_dict().items()}
     info = {**info, "key": key, "weights": tensors_hash(state), "made_on": env.device_label(ctx.device, ctx.threads),
             "test_acc": float((predict(model, ctx.data.test_x) == ctx.data.test_y).float().mean())}
-    ctx.store.put_tensors("models", key, state)
-    ctx.store.put_json("model-info", key, info)
+    ctx.store.put_tensors("models", key, state)  # the record goes in after it (runner.cached)
     return info
 
 
@@ -398,16 +445,31 @@ def train_base(ctx: Context, spec: ModelSpec, key: str) -> dict:
     early = e["early_stop"]
     val = (x[val_idx], y[val_idx]) if early else None
     x, y = x[kept], y[kept]
-    checkpoint = Checkpoint(load=lambda: ctx.store.get_tensors("checkpoints", key),
-                            save=lambda state: ctx.store.put_state("checkpoints", key, state))
+    # A checkpoint carries the manifest of the code that wrote it: resumed only while that code is unchanged.
+    def save(state: dict) -> None:
+        ctx.store.put_state("checkpoints", key, {**state, "code": json.dumps(fingerprint.active_manifest())})
+        KEPT["checkpoints"][spec.name] = len(state["epochs"])
+
+    checkpoint = Checkpoint(load=lambda: _resumable(ctx.store.get_tensors("checkpoints", key)), save=save)
     history = fit(model, x, y, epochs=e["epochs"], batch_size=e["batch_size"], schedule=Schedule(lr=e["lr"]),
                   seed=e["seed"], augment=e["augment"], val=val, patience=early["patience"] if early else None,
                   checkpoint=checkpoint, desc=f"train {spec.name}")
+    KEPT["checkpoints"].pop(spec.name, None)  # the model itself is kept now
     info = _save_model(ctx, key, model, {"name": spec.name, "kind": "base", "history": history.epochs,
                                          "stopped_early": history.stopped_early, "best_epoch": history.best_epoch,
                                          "train_images": len(y), "precision": _precision(ctx, True)})
     ctx.store.drop("checkpoints", key)
     return info
+
+
+def _resumable(saved: dict | None) -> dict | None:
+    if saved is None or not isinstance(saved.get("code"), str):
+        return None
+    manifest = json.loads(saved["code"])
+    if not fingerprint.unchanged(manifest):
+        return None
+    fingerprint.merge(manifest)  # the epochs before the kill ran that code
+    return saved
 
 
 def finetune_sample(suite: Suite, spec: ModelSpec, n_train: int, n_test: int) -> tuple[torch.Tensor, dict]:
@@ -435,31 +497,36 @@ def finetune_sample(suite: Suite, spec: ModelSpec, n_train: int, n_test: int) ->
 
 
 def build_adversarial_set(ctx: Context, spec: ModelSpec) -> tuple[str, dict]:
-    """The N images a fine-tune trains on, perturbed by its attack against the parent, with true labels."""
+    """The N images a fine-tune trains on, perturbed by its attack against the parent, with true labels: its
+    key and record (keyed by the attack batch that ran: evaluate.halving_on_oom)."""
     e = spec.entry
     parent = ctx.model_info[spec.parent]
     idx, provenance = finetune_sample(ctx.suite, spec, len(ctx.data.train_y), len(ctx.data.test_y))
     attack_entry = e["attack_spec"]
-    attack = get_attack(attack_entry["adapter"],
-                        **{"seed": e["seed"], **{k: v for k, v in attack_entry.items() if k != "adapter"}})
-    key = digest({"kind": "adversarial-set", "adapter": attack_entry["adapter"], "attack": attack.describe(),
-                  "parent": [parent["key"], parent["weights"]], "split": e["split"], "indices": idx.tolist(),
-                  **ctx.made_with("attack"),
-                  "code": fingerprint.code(build_adversarial_set, finetune_sample, base_split,
-                                           evaluate.attack_images, *fingerprint.attack_modules(attack))})[:24]
-    info = ctx.store.get_json("adversarial-set-info", key)
-    if info is not None and ctx.store.get_tensors("adversarial-sets", key) is not None:
-        return key, info
-    xs, ys = (ctx.data.train_x, ctx.data.train_y) if e["split"] == "train" else (ctx.data.test_x, ctx.data.test_y)
-    dev_idx = idx.to(ctx.device)
-    adv = evaluate.attack_images(attack, load_model(ctx, spec.parent), xs[dev_idx], ys[dev_idx],
-                                 ctx.suite.eval_batch_size, desc=f"perturb {e['images']} for {spec.name}")
-    tensors = {"images": adv, "labels": ys[dev_idx], "indices": idx}
-    info = {"hash": tensors_hash(tensors), "attack": e["attack"], "n": len(idx), **provenance,
-            "batch_invariant": attack.batch_invariant}
-    ctx.store.put_tensors("adversarial-sets", key, tensors)
-    ctx.store.put_json("adversarial-set-info", key, info)
-    return key, info
+
+    def attack():
+        return get_attack(attack_entry["adapter"],
+                          **{"seed": e["seed"], **{k: v for k, v in attack_entry.items() if k != "adapter"}})
+
+    def compute(batch: int) -> dict:
+        xs, ys = (ctx.data.train_x, ctx.data.train_y) if e["split"] == "train" else (ctx.data.test_x,
+                                                                                     ctx.data.test_y)
+        dev_idx, perturb = idx.to(ctx.device), attack()
+        adv = evaluate.attack_images(perturb, load_model(ctx, spec.parent), xs[dev_idx], ys[dev_idx], batch,
+                                     desc=f"perturb {e['images']} for {spec.name}")
+        tensors = {"images": adv, "labels": ys[dev_idx], "indices": idx}
+        ctx.store.put_tensors("adversarial-sets", key_at(batch), tensors)
+        return {"hash": tensors_hash(tensors), "attack": e["attack"], "n": len(idx), **provenance,
+                "batch_invariant": perturb.batch_invariant, "attack_batch_size": batch}
+
+    def key_at(batch: int) -> str:
+        return digest({"kind": "adversarial-set", "adapter": attack_entry["adapter"], "attack": attack().describe(),
+                       "parent": [parent["key"], parent["weights"]], "split": e["split"], "indices": idx.tolist(),
+                       "attack_batch": batch, **ctx.made_with("attack")})[:24]
+
+    return evaluate.halving_on_oom(ctx.suite.eval_batch_size, lambda batch: (key_at(batch), cached(
+        ctx, "adversarial-set-info", key_at(batch), partial(compute, batch), tensors="adversarial-sets")),
+        desc=f"perturb {e['images']} for {spec.name}")
 
 
 def finetune(ctx: Context, spec: ModelSpec, key: str, adv_key: str, adv_info: dict) -> dict:
@@ -481,29 +548,28 @@ def build_attack(spec: AttackSpec, seed: int):
     return get_attack(spec.adapter, **{"seed": seed, **spec.params})
 
 
-def evaluation_key(ctx: Context, job: Evaluation) -> str:
-    """The model's key (its code and identity: a factory edit changes it, not always its weights) and weights,
-    the attack's resolved parameters, the seed and the images."""
+def evaluation_key(ctx: Context, job: Evaluation, batch: int) -> str:
+    """The model's key (its recipe or identity: a factory edit changes it, not always its weights) and weights,
+    the attack's resolved parameters, the seed, the images and the attack batch (rounding can follow it)."""
     info, attack = ctx.model_info[job.model], build_attack(job.attack, job.seed)
     return digest({"kind": "evaluation", "model": [info["key"], info["weights"]], "adapter": job.attack.adapter,
                    "params": attack.describe(), "seed": job.seed,
                    "indices": evaluate.subset(len(ctx.data.test_y), job.size, job.seed).tolist(),
-                   **ctx.made_with("attack"),
-                   "code": fingerprint.code(run_job, evaluate, *fingerprint.attack_modules(attack))})[:24]
+                   "attack_batch": batch, **ctx.made_with("attack")})[:24]
 
 
 def run_job(ctx: Context, job: Evaluation) -> dict:
-    key = evaluation_key(ctx, job)
-    cached = ctx.store.get_json("evaluations", key)
-    if cached is not None:
-        return cached
-    idx = evaluate.subset(len(ctx.data.test_y), job.size, job.seed).to(ctx.device)
-    outcome = evaluate.run_evaluation(load_model(ctx, job.model), build_attack(job.attack, job.seed),
-                                      ctx.data.test_x[idx], ctx.data.test_y[idx], ctx.suite.eval_batch_size,
-                                      desc=f"{job.attack.name} on {job.model} (seed {job.seed})")
-    outcome["indices"] = idx.tolist()
-    ctx.store.put_json("evaluations", key, outcome)
-    return outcome
+    """One evaluation's per-image outcome, reused while stored under its key with unchanged code."""
+    desc = f"{job.attack.name} on {job.model} (seed {job.seed})"
+
+    def compute(batch: int) -> dict:
+        idx = evaluate.subset(len(ctx.data.test_y), job.size, job.seed).to(ctx.device)
+        outcome = evaluate.run_evaluation(load_model(ctx, job.model), build_attack(job.attack, job.seed),
+                                          ctx.data.test_x[idx], ctx.data.test_y[idx], batch, desc=desc)
+        return {**outcome, "indices": idx.tolist()}
+
+    return evaluate.halving_on_oom(ctx.suite.eval_batch_size, lambda batch: cached(
+        ctx, "evaluations", evaluation_key(ctx, job, batch), partial(compute, batch)), desc=desc)
 
 
 def summarize(suite: Suite, model_info: dict[str, dict], num_classes: int, jobs: Iterable[Evaluation],
@@ -517,6 +583,7 @@ def summarize(suite: Suite, model_info: dict[str, dict], num_classes: int, jobs:
                    "adapter": job.attack.adapter, "seed": job.seed, "size": size,
                    "sweep": list(job.attack.sweep) if job.attack.sweep else None,
                    "batch_invariant": outcome.get("batch_invariant", True),
+                   "attack_batch_size": outcome["attack_batch_size"],
                    **evaluate.summarize(outcome, size, num_classes)}
             # Images the model was fine-tuned on that it is now evaluated on (the paper's code drew both from
             # the test split).

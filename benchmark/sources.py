@@ -8,7 +8,7 @@ One interface serves the runner and `validate`:
     loaded = provided(module)                      # an in-memory module
 
 `source` is what results.json and the report show; `identity` is what the cache key hashes: the checkpoint
-file's sha256 (never its path), the builder and its code (a factory's module source, a timm version), the
+file's sha256 (never its path), the builder and the code building it ran (fingerprint.record), the
 normalization. Checkpoints are read with `torch.load(weights_only=True)` or safetensors: never unpickling code.
 """
 from __future__ import annotations
@@ -211,15 +211,20 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def build(entry: dict[str, Any], num_classes: int, where: str) -> tuple[nn.Module, str | None]:
-    """The empty module of a loaded model, and a fingerprint of the user code that built it (factories)."""
+def build(entry: dict[str, Any], num_classes: int, where: str) -> tuple[nn.Module, str]:
+    """The empty module of a loaded model, and a fingerprint of the code that building it ran (a factory's module
+    and every module of ours or the user's it called into; torchvision's or timm's version)."""
+    with fingerprint.record() as ran:
+        module = _build(entry, num_classes, where)
+    return module, fingerprint.digest(ran.manifest())
+
+
+def _build(entry: dict[str, Any], num_classes: int, where: str) -> nn.Module:
     builder, name = entry["builder"], entry[entry["builder"]]
-    code = None
     if builder == "arch":
-        return models.build(name, mean=entry["mean"], std=entry["std"], num_classes=num_classes), None
+        return models.build(name, mean=entry["mean"], std=entry["std"], num_classes=num_classes)
     if builder == "factory":
-        fn, module = import_factory(name, Path(entry["suite_dir"]), where)
-        code = fingerprint.code(module)
+        fn, _ = import_factory(name, Path(entry["suite_dir"]), where)
         takes = inspect.signature(fn).parameters if _has_signature(fn) else {}
         norm_inside = entry["mean"] is not None and {"mean", "std"} <= set(takes)
         kwargs = {"mean": entry["mean"], "std": entry["std"]} if norm_inside else {}
@@ -231,7 +236,7 @@ def build(entry: dict[str, Any], num_classes: int, where: str) -> tuple[nn.Modul
             raise UserError(f"{where}: factory {name} returned {type(net).__name__}, not a torch.nn.Module")
         if entry["mean"] is not None and not norm_inside:
             net = models.Normalized(net, entry["mean"], entry["std"])
-        return net, code
+        return net
     if builder == "torchvision":
         from torchvision.models import get_model
 
@@ -239,8 +244,7 @@ def build(entry: dict[str, Any], num_classes: int, where: str) -> tuple[nn.Modul
     else:
         timm = _timm(lambda m: UserError(m), f"{where}.")
         net = timm.create_model(name, pretrained=False, num_classes=num_classes)
-        code = f"timm {timm.__version__}"
-    return (models.Normalized(net, entry["mean"], entry["std"]) if entry["mean"] is not None else net), code
+    return models.Normalized(net, entry["mean"], entry["std"]) if entry["mean"] is not None else net
 
 
 def _has_signature(fn) -> bool:

@@ -157,13 +157,15 @@ class CellReplicates:
         return self.orig.mean(axis=1)
 
 
-def cell_replicates(outcomes: dict[tuple[str, str], CellOutcomes],
-                    replicates: int = REPLICATES) -> dict[tuple[str, str], CellReplicates]:
+def cell_replicates(outcomes: dict[tuple[str, str], CellOutcomes], replicates: int = REPLICATES,
+                    salt: str = "") -> dict[tuple[str, str], CellReplicates]:
+    """`salt` draws independently of an unsalted call (check: a run against its baseline)."""
     out = {}
     for (model, attack), cell in outcomes.items():
         # One generator per model: the originals (the same images under every attack, and in canonical order
         # the same column) get the same interval in every attack's row; two models draw independently.
-        acc = 100 * resample(cell.correct, cell.sizes, generator(model), replicates).mean(axis=2)
+        names = (model, salt) if salt else (model,)
+        acc = 100 * resample(cell.correct, cell.sizes, generator(*names), replicates).mean(axis=2)
         out[(model, attack)] = CellReplicates(cell, acc[:, 0], acc[:, 1])
     return out
 
@@ -262,6 +264,38 @@ def distinct_images(table: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index().sort_values(["seed", "position"]).drop_duplicates("index")
 
 
+def joint_outcomes(cells: Sequence[tuple[pd.DataFrame, str, str]], seeds: Sequence[int],
+                   size: int) -> np.ndarray | None:
+    """Image by image, for several (examples, model, attack): bool (seeds, positions < size, 2 * len(cells)), each
+    cell's correct_orig then correct_adv; None where they were not evaluated on the same images. Resampled with one
+    generator (`resample`), the columns stay paired: a difference between two cells keeps its pairing."""
+    per_seed = []
+    for seed in seeds:
+        columns, indices = [], []
+        for table, model, attack in cells:
+            sel = table[(table["model"] == model) & (table["attack"] == attack) & (table["seed"] == seed)
+                        & (table["position"] < size)].sort_values("position")
+            if len(sel) != size:
+                return None
+            indices.append(sel["index"].to_numpy())
+            columns += [sel["correct_orig"].to_numpy(dtype=bool), sel["correct_adv"].to_numpy(dtype=bool)]
+        if any(not np.array_equal(indices[0], other) for other in indices[1:]):
+            return None
+        per_seed.append(np.stack(columns, axis=1))
+    return np.stack(per_seed)
+
+
+def paired_accuracies(joint: np.ndarray, sizes: Sequence[int], rng: np.random.Generator) -> np.ndarray:
+    """Seed-mean accuracies (%) of joint outcomes, observed (index 0) and resampled: (1 + R, columns, sizes)."""
+    return 100 * resample(joint, sizes, rng).mean(axis=2)
+
+
+def ratio_of(acc: np.ndarray, cell: int) -> np.ndarray:
+    """The paper's ratio (mean over sizes of ADV / ORIG) of column pair `cell` of paired_accuracies' output."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (acc[:, 2 * cell + 1] / acc[:, 2 * cell]).mean(axis=1)
+
+
 def paired_against_parents(examples: pd.DataFrame, parents: dict[str, str]) -> pd.DataFrame:
     """Every model with a parent in the run against that parent, under every attack and on the originals
     ("clean"), at the largest size on the same images. Columns: model, parent, attack, then paired()'s keys
@@ -295,21 +329,28 @@ class Claim:
     paper: float
     source: str      # "stated" (in the text) or "tables" (derived from its tables)
     ours: str        # the cell(s) of our run that measure it ("" where the run has none)
-    difference: bool = False  # a difference between two models: its sign matters on its own
+    difference: bool = False  # a difference between two models: its direction gets a verdict of its own
     value: float = float("nan")
     lo: float = float("nan")
     hi: float = float("nan")
+    paired: bool = False  # a difference bootstrapped per image on the same images (else two independent draws)
 
     @property
     def verdict(self) -> str:
+        """The value's verdict: the paper's number inside our interval, and the interval narrow enough."""
         return verdict(self.paper, self.lo, self.hi, self.unit)
 
     @property
-    def sign(self) -> str:
-        """For a difference: whether our interval lies above 0, below 0, or spans it."""
-        if not self.difference or np.isnan(self.lo):
+    def direction(self) -> str:
+        """For a difference, whether its sign reproduces: reproduced (our interval on the paper's side of 0),
+        contradicted (on the other side), not significant (it spans 0); "" for other claims."""
+        if not self.difference or self.paper == 0:
             return ""
-        return "> 0" if self.lo > 0 else "< 0" if self.hi < 0 else "spans 0"
+        if np.isnan(self.lo) or np.isnan(self.hi):
+            return "not measured"
+        if self.lo <= 0 <= self.hi:
+            return "not significant"
+        return "reproduced" if (self.lo > 0) == (self.paper > 0) else "contradicted"
 
 
 def verdict(paper: float, lo: float, hi: float, unit: str) -> str:
@@ -338,11 +379,12 @@ def _table_ratio(table: dict) -> float:
     return float(np.mean([a / o for a, o in zip(table["adv"], table["orig"])]))
 
 
-def claims(results: dict, reps: dict[tuple[str, str], CellReplicates]) -> list[Claim]:
+def claims(results: dict, reps: dict[tuple[str, str], CellReplicates],
+           examples: pd.DataFrame | None = None) -> list[Claim]:
     """The paper's claims (stated ratios; ratios derived from its tables; fine-tuning on one attack improving
     the ratio under the other; the clean-accuracy cost of fine-tuning), each measured on this run where it can
-    be. Differences between two models are bootstrapped unpaired (their replicates are independent draws): the
-    paired tests of the report pair them per image."""
+    be. A difference between two models is bootstrapped paired, image by image on the same images, where
+    `examples` (examples.csv) holds both; else from the two models' independent replicates (`paired` False)."""
     reference = results.get("reference") or {}
     tables, stated = reference.get("tables", {}), reference.get("ratios", {})
     models = list(dict.fromkeys(m for m, _ in reps))
@@ -357,6 +399,21 @@ def claims(results: dict, reps: dict[tuple[str, str], CellReplicates]) -> list[C
         if values is not None:
             claim.value, claim.lo, claim.hi = summary(values)
         return claim
+
+    def between(claim: Claim, model: str, parent: str, attack: str, what: str) -> tuple[Claim, np.ndarray]:
+        """Replicates of model - parent (the ratio under `attack`, or the clean accuracy over sizes on that
+        attack's images), paired where examples.csv holds both on the same images."""
+        cell = reps[(model, attack)].outcomes
+        joint = (joint_outcomes([(examples, model, attack), (examples, parent, attack)], cell.seeds,
+                                max(cell.sizes)) if examples is not None else None)
+        if joint is None:
+            mine, theirs = reps[(model, attack)], reps[(parent, attack)]
+            return claim, (mine.ratio - theirs.ratio if what == "ratio"
+                           else mine.orig_over_sizes - theirs.orig_over_sizes)
+        claim.paired = True
+        acc = paired_accuracies(joint, cell.sizes, generator(model, parent, attack, "claim"))
+        return claim, (ratio_of(acc, 0) - ratio_of(acc, 1) if what == "ratio"
+                       else acc[:, 0].mean(axis=1) - acc[:, 2].mean(axis=1))
 
     # The paper's models in this run's order (parents first), then any others; stated ratios before derived.
     ranked = sorted(tables, key=lambda pm: min([models.index(m) for m in ours_m[pm]] or [len(models)]))
@@ -384,21 +441,22 @@ def claims(results: dict, reps: dict[tuple[str, str], CellReplicates]) -> list[C
             value = _table_ratio(tables[pm][pa]) - _table_ratio(tables[pp][pa])
             text = f"fine-tuning on {tuned_on} raises the ratio under {pa} ({pm} - {pp})"
             ours = [a for a in ours_a.get(pa, []) if (model, a) in reps and (parent, a) in reps]
-            out += [measured(Claim(text, "ratio", value, "tables", f"{model} - {parent} / {a}", True),
-                             reps[(model, a)].ratio - reps[(parent, a)].ratio) for a in ours] \
+            out += [measured(*between(Claim(text, "ratio", value, "tables", f"{model} - {parent} / {a}", True),
+                                      model, parent, a, "ratio")) for a in ours] \
                 or [Claim(text, "ratio", value, "tables", "", True)]
         value = float(np.mean([np.mean(np.subtract(tables[pm][pa]["orig"], tables[pp][pa]["orig"]))
                                for pa in shared]))
         text = f"clean accuracy cost of fine-tuning ({pm} - {pp}, points, mean over sizes)"
         cell = next((a for a in attacks if (model, a) in reps and (parent, a) in reps), None)
-        out.append(measured(Claim(text, "points", value, "tables", f"{model} - {parent}" if cell else "", True),
-                            reps[(model, cell)].orig_over_sizes - reps[(parent, cell)].orig_over_sizes
-                            if cell else None))
+        claim = Claim(text, "points", value, "tables", f"{model} - {parent}" if cell else "", True)
+        out.append(measured(*between(claim, model, parent, cell, "orig")) if cell else claim)
     return out
 
 
-def claims_frame(results: dict, reps: dict[tuple[str, str], CellReplicates]) -> pd.DataFrame:
-    return pd.DataFrame([{**vars(c), "verdict": c.verdict, "sign": c.sign} for c in claims(results, reps)])
+def claims_frame(results: dict, reps: dict[tuple[str, str], CellReplicates],
+                 examples: pd.DataFrame | None = None) -> pd.DataFrame:
+    return pd.DataFrame([{**vars(c), "verdict": c.verdict, "direction": c.direction}
+                         for c in claims(results, reps, examples)])
 
 
 def replicates_of(results: dict) -> dict[tuple[str, str], CellReplicates]:

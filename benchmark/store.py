@@ -2,9 +2,15 @@
 
 Each artefact is a payload file plus `<key>.sha256`, written after it. A payload whose checksum does not match is
 reported and rebuilt; a payload without its checksum file (a kill between the two renames) is simply rebuilt.
+
+`claim(kind, key)` is held while a node computes: another process (a second run over the same store, a Ray
+worker) that wants the same artefact waits for it instead of computing it again. It is `fcntl.flock` on
+`locks/<kind>/<key>.lock`, which the kernel drops when the holder dies, so `kill -9` never leaves it stuck.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -91,6 +97,24 @@ class Store:
     def drop(self, kind: str, key: str) -> None:
         for path in self._paths(kind, key, ".pt"):
             path.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def claim(self, kind: str, key: str):
+        """Exclusive while the block runs, across processes and (on a filesystem with POSIX locks) hosts."""
+        path = self.root / "locks" / kind / f"{key}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                from tqdm.auto import tqdm
+
+                tqdm.write(f"waiting for another process computing {kind}/{key}")
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def get_json(self, kind: str, key: str) -> Any | None:
         data = self._read(kind, key, ".json")

@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from benchmark import sources
-from benchmark.data import SOURCES, SYNTHETIC_SIZE
+from benchmark.data import SOURCES, SYNTHETIC_SIZE, resolved
 from benchmark.errors import UserError
+from benchmark.evaluate import BATCH as ATTACK_BATCH
 from benchmark.models import ARCHITECTURES
 from benchmark.train import SCHEDULES
 
@@ -27,6 +33,7 @@ TOP_TYPES = {"name": str, "description": str, "profile": str}
 # Split sizes (train, test) of the sources whose size is known before loading them.
 KNOWN_SPLITS = {"cifar10": (50000, 10000), "cifar100": (50000, 10000)}
 PROFILES = ("paper", "paper-code", "custom")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 BASE_KEYS = {"arch": str, "mean": list, "std": list, "lr": float, "batch_size": int, "epochs": int,
              "augment": bool, "seed": int, "early_stop": dict, "train_images": int}
 FINETUNE_KEYS = {"from": str, "attack": str, "images": int, "split": str, "schedule": str, "lr": float,
@@ -71,7 +78,7 @@ class Suite:
     matrix_attacks: list[str]  # expanded names
     sizes: list[int]
     seeds: list[int]
-    eval_batch_size: int | None  # None: sized from free memory on CUDA (evaluate.auto_batch_size)
+    eval_batch_size: int  # the attack batch: rounding can follow it, so keys carry it
     reference: dict[str, Any] = field(default_factory=dict)
 
     def root(self, name: str) -> ModelSpec:
@@ -111,7 +118,7 @@ def load(path: str | Path) -> Suite:
     if not path.is_file():
         raise UserError(f"suite file not found: {path}")
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_bytes().decode("utf-8-sig"))  # a byte-order mark, as editors write, is dropped
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: malformed TOML: {exc}") from None
     except UnicodeDecodeError:
@@ -126,6 +133,7 @@ def parse(raw: dict[str, Any], path: Path) -> Suite:
         return UserError(f"{where}: {msg}")
 
     _unknown(raw, TOP_KEYS, "", fail)
+    _finite(raw, "", fail)
     for key, kind in TOP_TYPES.items():
         if key in raw and not isinstance(raw[key], kind):
             raise fail(f"{key} must be a {kind.__name__}, got {raw[key]!r}")
@@ -153,7 +161,7 @@ def parse(raw: dict[str, Any], path: Path) -> Suite:
         if not isinstance(data["path"], str) or data["source"] == "synthetic":
             raise fail("data.path must be a string, for a source other than synthetic")
         if data["source"] == "folder" and not (path.parent / data["path"]).exists():
-            raise fail(f"data.path not found: {(path.parent / data['path']).resolve()}")
+            raise fail(f"data.path not found: {resolved(path.parent / data['path'])}")
 
     attacks = _attacks(raw["attacks"], fail)
     models = _models(raw["models"], raw["attacks"], fail, path.parent)
@@ -181,14 +189,15 @@ def parse(raw: dict[str, Any], path: Path) -> Suite:
         raise fail("evaluation.seeds must be a non-empty list of non-negative integers")
     if len(set(sizes)) != len(sizes) or len(set(seeds)) != len(seeds):
         raise fail("evaluation.sizes and evaluation.seeds must not repeat")
-    batch = evaluation.get("batch_size", "auto")
-    if batch != "auto" and (not _is_int(batch) or batch < 1):
-        raise fail(f"evaluation.batch_size must be \"auto\" or a positive integer, got {batch!r}")
+    batch = evaluation.get("batch_size", ATTACK_BATCH)
+    if not _is_int(batch) or batch < 1:
+        raise fail(f"evaluation.batch_size (the attack batch) must be a positive integer (default {ATTACK_BATCH}; "
+                   f"it is part of every evaluation's key), got {batch!r}")
 
     reference = _reference(raw.get("reference"), path, sorted(sizes), fail)
     suite = Suite(path=path, raw=raw, name=str(raw.get("name", path.stem)), profile=profile, data=data,
                   models=models, attacks=attacks, matrix_models=matrix_models, matrix_attacks=matrix_attacks,
-                  sizes=sorted(sizes), seeds=list(seeds), eval_batch_size=None if batch == "auto" else batch,
+                  sizes=sorted(sizes), seeds=list(seeds), eval_batch_size=batch,
                   reference=reference)
     splits = known_splits(data)
     if splits is not None:
@@ -221,8 +230,34 @@ def check_sizes(suite: Suite, n_train: int, n_test: int) -> None:
                             f"training split ({n_train} images)")
 
 
+def _finite(value: Any, where: str, fail) -> None:
+    """Every number anywhere in the suite finite, every integer within 64 bits (seeds go to torch and numpy)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        hint = ' (ART takes norm = "inf")' if where.rpartition(".")[2] == "norm" else ""
+        raise fail(f"{where} must be a finite number, got {value}{hint}")
+    if _is_int(value) and not -2 ** 63 <= value < 2 ** 63:
+        raise fail(f"{where} = {value} does not fit in 64 bits (seeds: 0 <= seed < 2**63)")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _finite(item, f"{where}.{key}" if where else str(key), fail)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _finite(item, f"{where}[{i}]", fail)
+
+
+def _identifier(name: str, where: str, fail) -> None:
+    """Model and attack names go into report headings, figure file names and sweep names (`fgsm@eps=0.01`)."""
+    if not NAME.fullmatch(name) or ".." in name:
+        raise fail(f"{where} {name!r}: a name must be letters, digits and _ . + - (starting with a letter or digit; "
+                   "no '/', '..', '@' or spaces)")
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _unknown(table: dict, valid, prefix: str, fail) -> None:
@@ -259,7 +294,10 @@ def _attacks(table: dict, fail) -> dict[str, AttackSpec]:
     from adapters.catalog import culprit, describe_failure, trial
 
     out: dict[str, AttackSpec] = {}
-    for name, entry in table.items():
+    tried = set()
+    for name, entry in tqdm(table.items(), desc="validate: attacks", unit="attack", leave=False,
+                            disable=len(table) < 50, file=sys.stderr):
+        _identifier(name, "attack", fail)
         if not isinstance(entry, dict) or not isinstance(entry.get("adapter"), str):
             raise fail(f"attacks.{name} needs adapter = \"...\" (see `python -m benchmark attacks`)")
         params = {k: v for k, v in entry.items() if k != "adapter"}
@@ -281,14 +319,20 @@ def _attacks(table: dict, fail) -> dict[str, AttackSpec]:
                 attack = get_attack(entry["adapter"], **concrete)
             except (ValueError, TypeError) as exc:
                 raise fail(f"attacks.{name}: {exc}") from None
-            try:  # the toolkit's own type and value checks fire only when it runs
-                trial(attack)
-            except Exception as exc:  # noqa: BLE001  (whatever a toolkit raises on these parameters)
-                key = culprit(entry["adapter"], concrete)
-                what = (f"{key} = {concrete[key]!r} ({type(concrete[key]).__name__}) is refused by" if key else
-                        "these parameters fail in")
-                raise fail(f"attacks.{name}: {what} {entry['adapter']} on a stand-in classifier: "
-                           f"{describe_failure(exc)}") from None
+            # The toolkit's own type and value checks fire only when it runs: once per adapter, parameter names and
+            # types, and non-numeric values (a sweep of 20,000 eps values is one trial).
+            signature = (entry["adapter"], tuple(sorted((k, type(v).__name__ if _is_number(v) else repr(v))
+                                                        for k, v in concrete.items())))
+            if signature not in tried:
+                tried.add(signature)
+                try:
+                    trial(attack)
+                except Exception as exc:  # noqa: BLE001  (whatever a toolkit raises on these parameters)
+                    key = culprit(entry["adapter"], concrete)
+                    what = (f"{key} = {concrete[key]!r} ({type(concrete[key]).__name__}) is refused by" if key
+                            else "these parameters fail in")
+                    raise fail(f"attacks.{name}: {what} {entry['adapter']} on a stand-in classifier: "
+                               f"{describe_failure(exc)}") from None
             full = name if sweep is None else f"{name}@{sweep[0]}={sweep[1]}"
             if full in out:
                 raise fail(f"attacks.{name}: expands to {full!r}, which another attack is already called")
@@ -299,6 +343,7 @@ def _attacks(table: dict, fail) -> dict[str, AttackSpec]:
 def _models(table: dict, attack_table: dict, fail, suite_dir: Path) -> dict[str, ModelSpec]:
     entries: dict[str, dict] = {}
     for name, entry in table.items():
+        _identifier(name, "model", fail)
         if not isinstance(entry, dict):
             raise fail(f"models.{name} must be a table")
         where = f"models.{name}."

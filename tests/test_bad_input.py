@@ -2,7 +2,6 @@
 written; caught by `validate` where no data is needed. Also the `attacks` listing and torchattacks.AutoAttack."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -64,6 +63,32 @@ SUITE_CASES = [
     ("numeric reference file", lambda s: s + "\n[reference]\nfile = 3\n", "reference.file must be a file name"),
     ("numeric description", lambda s: s.replace('name = "tiny"', 'name = "tiny"\ndescription = 3'),
      "description must be a str"),
+    ("eps = nan", lambda s: s.replace("eps = 0.02", "eps = nan"), "attacks.fgsm.eps must be a finite number"),
+    ("eps = inf", lambda s: s.replace("eps = 0.02", "eps = inf"), "attacks.fgsm.eps must be a finite number"),
+    ("nan in a sweep", lambda s: s.replace("eps = 0.02", "eps = [0.01, nan]"), "attacks.fgsm.eps[1] must be a finite"),
+    ("toolkit norm = inf", lambda s: s.replace("eps = 0.02", "eps = 0.02\nnorm = inf"), 'ART takes norm = "inf"'),
+    ("recipe lr = nan", lambda s: s.replace("epochs = 2", "epochs = 2\nlr = nan"), "models.base.lr must be a finite"),
+    ("std with nan", lambda s: s.replace("epochs = 2", "epochs = 2\nstd = [nan, 0.5, 0.5]"),
+     "models.base.std[0] must be a finite number"),
+    ("fine-tune warmup = -inf", lambda s: s.replace('split = "train"', 'split = "train"\nwarmup = -inf'),
+     "models.aft-fgsm.warmup must be a finite number"),
+    ("steps = 0", lambda s: s.replace('"torchattacks.FGSM"\neps = 0.02', '"torchattacks.PGD"\nsteps = 0'),
+     "steps = 0 leaves the attack nothing to search"),
+    ("n_queries = 0", lambda s: s.replace('"torchattacks.FGSM"\neps = 0.02', '"torchattacks.Square"\nn_queries = 0'),
+     "n_queries = 0 leaves the attack nothing to search"),
+    ("max_iter = 0, ART", lambda s: s.replace('"torchattacks.FGSM"\neps = 0.02', '"art.DeepFool"\nmax_iter = 0'),
+     "max_iter = 0 leaves the attack nothing to search"),
+    ("attack named like a sweep point", lambda s: s.replace("[attacks.fgsm]", '[attacks."pgd@eps=0.01"]').replace(
+        '"fgsm", "jsma"]', '"pgd@eps=0.01", "jsma"]').replace('attack = "fgsm"', 'attack = "pgd@eps=0.01"'),
+     "attack 'pgd@eps=0.01': a name must be"),
+    ("attack name with a slash", lambda s: s.replace("[attacks.fgsm]", '[attacks."a/b"]'), "attack 'a/b': a name"),
+    ("attack name with ..", lambda s: s.replace("[attacks.fgsm]", '[attacks."a..b"]'), "attack 'a..b': a name"),
+    ("empty attack name", lambda s: s.replace("[attacks.fgsm]", '[attacks.""]'), "attack '': a name must be"),
+    ("model name with a slash", lambda s: s.replace("[models.base]", '[models."x/y"]'), "model 'x/y': a name"),
+    ("seed beyond 64 bits", lambda s: s.replace("seeds = [0, 1]", "seeds = [0, 1180591620717411303424]"),
+     "evaluation.seeds[1] = 1180591620717411303424 does not fit in 64 bits"),
+    ("recipe seed beyond 64 bits", lambda s: s.replace("seed = 0", "seed = 9223372036854775808", 1),
+     "models.base.seed = 9223372036854775808 does not fit in 64 bits"),
 ]
 
 
@@ -118,19 +143,101 @@ def _image_folder(root, classes=("a", "b", "c"), size=32, broken=None):
     return root
 
 
-@pytest.mark.parametrize("case,source,folder,message", [
-    ("undecodable image", "folder", dict(broken="train/b/1.png"), "cannot decode image train/b/1.png"),
-    ("64x64 images for small-cnn", "folder", dict(size=64),
+def _odd_size(root):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((28, 28, 3), dtype=np.uint8)).save(root / "train" / "b" / "1.png")
+
+
+def _test_only_class(root):
+    (root / "test" / "d").mkdir()
+    (root / "test" / "a" / "0.png").rename(root / "test" / "d" / "0.png")
+
+
+@pytest.mark.parametrize("case,source,folder,edit,message", [
+    ("undecodable image", "folder", dict(broken="train/b/1.png"), None, "cannot decode image train/b/1.png"),
+    ("64x64 images for small-cnn", "folder", dict(size=64), None,
      "models.base (small-cnn) cannot take the data's 3x64x64 images (it takes 3x32x32)"),
-    ("cifar10 source on a 3-class folder", "cifar10", {}, "needs the 10 CIFAR-10 classes"),
+    ("cifar10 source on a 3-class folder", "cifar10", {}, None, "needs the 10 CIFAR-10 classes"),
+    ("one class", "folder", dict(classes=("a",)), None, "one class (a) is no classification task"),
+    ("one 28x28 image among 32x32", "folder", {}, _odd_size,
+     "images in train/ differ in size: train/b/1.png is 28x28, most are 32x32"),
+    ("a test class the train split lacks", "folder", {}, _test_only_class, "classes only in test/: d"),
 ], ids=lambda v: v if isinstance(v, str) else "")
-def test_bad_data_refused_before_training(capsys, tmp_path, case, source, folder, message):
+def test_bad_data_refused_before_training(capsys, tmp_path, case, source, folder, edit, message):
     data = _image_folder(tmp_path / "images", **folder)
+    if edit is not None:
+        edit(data)
     suite = tmp_path / "suite.toml"
     suite.write_text(FOLDER_SUITE.format(source=source))
     out = tmp_path / "out"
     _refused(capsys, ["run", str(suite), "--out", str(out), "--device", "cpu", "--data-dir", str(data)], message)
     assert not out.exists()
+    if "small-cnn" not in case:  # bad data leaves no decoded cache (good data a model cannot take may)
+        assert not (tmp_path / "cache" / "decoded").exists()
+
+
+def test_random_bytes_named_tar_gz(capsys, tmp_path):
+    archive = tmp_path / "data.tar.gz"
+    archive.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    suite = tmp_path / "suite.toml"
+    suite.write_text(FOLDER_SUITE.format(source="folder"))
+    err = _refused(capsys, ["run", str(suite), "--out", str(tmp_path / "out"), "--device", "cpu", "--data-dir",
+                            str(archive)], "not a readable tar archive")
+    assert err.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def test_symlink_loop_as_data_path(capsys, tmp_path):
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    suite = tmp_path / "suite.toml"
+    suite.write_text(FOLDER_SUITE.format(source="folder").replace('[data]\nsource = "folder"',
+                                                                  '[data]\nsource = "folder"\npath = "loop1"'))
+    _refused(capsys, ["validate", str(suite)], "a symbolic link loop")
+    _refused(capsys, ["run", str(suite), "--out", str(tmp_path / "out"), "--device", "cpu"], "a symbolic link loop")
+    _refused(capsys, ["run", str(suite), "--out", str(tmp_path / "out"), "--device", "cpu", "--data-dir",
+                      str(tmp_path / "loop1")], "a symbolic link loop")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_pseudo_filesystem_as_out(capsys, tiny_suite):
+    _refused(capsys, ["run", str(tiny_suite()), "--out", "/proc/bench-out", "--device", "cpu"],
+             "cannot write to /proc/bench-out")
+
+
+def test_grayscale_and_rgba_images_are_converted_and_the_report_says_so(capsys, tmp_path):
+    from PIL import Image
+
+    data = _image_folder(tmp_path / "images")
+    Image.fromarray(np.zeros((32, 32), dtype=np.uint8), mode="L").save(data / "train" / "a" / "0.png")
+    Image.fromarray(np.zeros((32, 32, 4), dtype=np.uint8), mode="RGBA").save(data / "test" / "b" / "1.png")
+    suite = tmp_path / "suite.toml"
+    suite.write_text(FOLDER_SUITE.format(source="folder"))
+    assert main(["run", str(suite), "--out", str(tmp_path / "out"), "--device", "cpu", "--data-dir", str(data)]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["data"]["converted_to_rgb"] == {"L": 1, "RGBA": 1}
+    assert "converted to RGB: 1 L, 1 RGBA image(s)" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_byte_order_mark_is_dropped(capsys, tiny_suite):
+    path = tiny_suite()
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert main(["validate", str(path)]) == 0
+
+
+def test_twenty_thousand_attack_tables_are_tried_once_per_adapter_and_types(tmp_path, tiny_suite, monkeypatch):
+    from adapters import catalog
+    from benchmark.suite import load
+
+    tried = []
+    original = catalog.trial
+    monkeypatch.setattr(catalog, "trial", lambda attack, *a: tried.append(attack.name) or original(attack, *a))
+    path = tiny_suite()
+    extra = "".join(f'\n[attacks.f{i}]\nadapter = "torchattacks.FGSM"\neps = {i / 1e5}\n' for i in range(20000))
+    path.write_text(path.read_text() + extra)
+    suite = load(path)
+    assert len(suite.attacks) == 20002
+    assert sorted(tried) == ["jsma-origin", "torchattacks.FGSM"]
 
 
 def test_output_under_a_regular_file(capsys, tiny_suite, tmp_path):
@@ -232,3 +339,51 @@ def test_torchattacks_autoattack_runs_seeded_with_the_models_classes():
     first, second = attack(model, x, y), attack(model, x, y)
     assert torch.equal(first, second) and first.shape == x.shape
     assert float((first - x).abs().max()) <= 0.05 + 1e-6
+
+
+# ------------------------------------------------------------------------------------- the main command on a CPU
+def test_a_cpu_run_far_beyond_the_machine_says_so_names_the_cpu_suite_and_goes_on(capsys, tiny_suite, monkeypatch):
+    from benchmark import train
+
+    path = tiny_suite()
+    store = str(path.parent / "store")
+    monkeypatch.setattr(train, "seconds_per_image", lambda *a, **k: 2.0)  # 2 x 1000 images: over an hour
+    assert main(["run", str(path), "--out", str(path.parent / "a"), "--store", store, "--device", "cpu"]) == 0
+    note = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert len(note) == 1 and "trains base (small-cnn, up to 2 epochs on 1,000 images, 0.5 images/s measured): " \
+        "about 1.1 h on this CPU; it is meant for a GPU (--device cuda); going on" in note[0]
+    path.with_name(f"{path.stem}-cpu.toml").write_text(path.read_text())
+    assert main(["run", str(path), "--out", str(path.parent / "b"), "--store", store, "--device", "cpu"]) == 0
+    assert "note:" not in capsys.readouterr().err  # the store holds the base model now: nothing to train
+    path.write_text(path.read_text().replace("epochs = 2", "epochs = 3"))
+    assert main(["run", str(path), "--out", str(path.parent / "c"), "--store", store, "--device", "cpu"]) == 0
+    assert f"for a CPU try {path.with_name(path.stem + '-cpu.toml')}" in capsys.readouterr().err
+
+
+def _interrupt(tmp_path, suite, wait_for):
+    proc = subprocess.Popen([sys.executable, "-m", "benchmark", "run", str(suite), "--device", "cpu", "--out",
+                             str(tmp_path / "out")], cwd=REPO, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "BENCH_CACHE": str(tmp_path / "cache")})
+    seen = ""
+    while wait_for not in seen:
+        chunk = proc.stderr.read(1)
+        assert chunk, seen
+        seen += chunk
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130
+    lines = [line for line in (seen + rest).replace("\r", "\n").splitlines() if "interrupted" in line]
+    assert len(lines) == 1 and "Traceback" not in seen + rest
+    return lines[0].strip()
+
+
+def test_ctrl_c_says_what_was_kept(tmp_path, tiny_suite):
+    slow = tiny_suite()
+    slow.write_text(slow.read_text().replace("epochs = 2", "epochs = 500"))
+    assert _interrupt(tmp_path, slow, "train base") == (
+        "interrupted; nothing was finished yet, so nothing is kept (base training checkpoints at the end of an "
+        "epoch, at most once a minute)")
+    slow.write_text(slow.read_text().replace("epochs = 500", "epochs = 2").replace("gamma = 0.01", "gamma = 0.9"))
+    line = _interrupt(tmp_path, slow, "jsma on base")
+    assert line.startswith("interrupted; kept in the store: ") and "finished node(s)" in line
+    assert line.endswith("; a rerun resumes from them")

@@ -2,7 +2,6 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -111,11 +110,13 @@ def test_attacks_command_lists_parameters(capsys):
     assert "mode='iterative'" in out
 
 
-def test_evaluation_batch_size_auto_or_positive(tiny_suite):
+def test_evaluation_batch_size_is_a_fixed_positive_number(tiny_suite):
     path = tiny_suite()
     assert load(path).eval_batch_size == 50
-    path.write_text(path.read_text().replace("batch_size = 50", 'batch_size = "auto"'))
-    assert load(path).eval_batch_size is None
-    path.write_text(path.read_text().replace('batch_size = "auto"', 'batch_size = "big"'))
-    with pytest.raises(UserError, match="evaluation.batch_size must be"):
-        load(path)
+    path.write_text(path.read_text().replace("batch_size = 50\n", ""))
+    assert load(path).eval_batch_size == 500  # never sized from free memory: it is part of every key
+    for bad in ('"auto"', '"big"', "0"):
+        path.write_text(path.read_text().replace("[evaluation]", f"[evaluation]\nbatch_size = {bad}"))
+        with pytest.raises(UserError, match="evaluation.batch_size .the attack batch. must be a positive integer"):
+            load(path)
+        path.write_text(path.read_text().replace(f"batch_size = {bad}\n", ""))

@@ -1,13 +1,11 @@
 """Models loaded, not trained (benchmark.sources): checkpoints built by the registry, a factory, torchvision;
 RobustBench's layout; safetensors; in-memory modules; fine-tunes from them; CIFAR-100 and folder data of any
 shape; and every bad input as one line, exit 2, nothing written."""
-import copy
 import hashlib
 import json
 import pickle
 import re
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -148,7 +146,9 @@ def test_factory_module_from_the_suites_folder(tmp_path, trained, capsys):
     assert code == 0 and json.loads(out)["loaded_models"]["mine"].endswith("net.pt")
     loaded = sources.load(load(path).models["mine"].entry, 10, torch.rand(1, 3, 32, 32))
     assert _same_outputs(loaded.module, trained) and loaded.identity["code"]
-    (tmp_path / "facs.py").write_text(FACTORIES + "\n# edited\n")  # the factory's source is part of the key
+    (tmp_path / "facs.py").write_text(FACTORIES + "\n# a comment\n")  # runs no differently: the same key
+    assert sources.load(load(path).models["mine"].entry, 10).identity["code"] == loaded.identity["code"]
+    (tmp_path / "facs.py").write_text(FACTORIES.replace("nn.ReLU(), nn.MaxPool2d", "nn.ELU(), nn.MaxPool2d"))
     assert sources.load(load(path).models["mine"].entry, 10).identity["code"] != loaded.identity["code"]
 
 

@@ -4,7 +4,6 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
 
 from benchmark import check, report
 from benchmark.cli import main
@@ -46,11 +45,23 @@ def test_report_command_writes_markdown_and_figures(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nothing")]) == 2
 
 
-def _planted(results, model="base", attack="fgsm", size=100, drop=0.10):
+def _planted(results, model="base", attack="fgsm", drop=0.10):
+    """`drop` (a share of the largest size) of each seed's images correct under the attack made wrong, the last
+    ones first, so every size's adv_acc and success rate move as those of nested prefixes do."""
     planted = copy.deepcopy(results)
-    for cell in planted["cells"]:
-        if (cell["model"], cell["attack"], cell["size"]) == (model, attack, size):
-            cell["adv_acc"] -= drop
+    for seed in {c["seed"] for c in planted["cells"]}:
+        cells = sorted((c for c in planted["cells"] if (c["model"], c["attack"], c["seed"]) == (model, attack, seed)),
+                       key=lambda c: c["size"])
+        both = [round(c["orig_acc"] * c["size"] * (1 - c["success_rate"])) for c in cells]  # correct on both
+        left, removed = round(drop * cells[-1]["size"]), [0] * len(cells)
+        for i in reversed(range(len(cells))):  # band i: between size i - 1 and size i
+            take = min(left, both[i] - (both[i - 1] if i else 0))
+            left -= take
+            for j in range(i, len(cells)):
+                removed[j] += take
+        for cell, k, b in zip(cells, removed, both):
+            cell["adv_acc"] -= k / cell["size"]
+            cell["success_rate"] = 1 - (b - k) / round(cell["orig_acc"] * cell["size"])
     return planted
 
 

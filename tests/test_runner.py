@@ -105,14 +105,3 @@ def test_tensors_hash_covers_batchnorm_counters():
     assert tensors_hash(state) != tensors_hash(changed)
 
 
-def test_attack_batch_from_free_memory():
-    import torch
-
-    from benchmark.models import build
-
-    gib = 2 ** 30
-    assert evaluate.batch_from_memory(40 * gib, 4 * 2 ** 20) == 4096  # capped
-    assert evaluate.batch_from_memory(2 * gib, 4 * 2 ** 20) == 256  # half of 2 GiB at 4 MiB an image
-    assert evaluate.batch_from_memory(10 * 2 ** 20, 4 * 2 ** 20) == 64  # never below one probe
-    model = build("small-cnn", mean=[0.5] * 3, std=[0.5] * 3).eval()
-    assert evaluate.auto_batch_size(model, torch.zeros(300, 3, 32, 32, dtype=torch.uint8)) == evaluate.CPU_BATCH

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark import evaluate, examples, report, run_suite, stats
+from benchmark import check, evaluate, examples, report, run_suite, stats
 from benchmark.cli import main
 from conftest import TINY_SUITE
 
@@ -165,8 +165,8 @@ def test_claims_reproduce_a_paper_that_is_our_run_and_contradict_one_that_is_not
     verdicts = stats.claims_frame(results, reps).set_index("claim")
     assert len(verdicts) == 4 + 1 + 1  # 4 derived ratios, fgsm fine-tuning under jsma, clean cost
     assert set(verdicts["verdict"]) == {"reproduced"}
-    assert verdicts.filter(like="raises the ratio under jsma", axis=0)["sign"].item() == "> 0"
-    assert verdicts.filter(like="clean accuracy cost", axis=0)["sign"].item() == "< 0"
+    assert verdicts.filter(like="raises the ratio under jsma", axis=0)["direction"].item() == "reproduced"
+    assert verdicts.filter(like="clean accuracy cost", axis=0)["direction"].item() == "reproduced"
     shifted = json.loads(json.dumps(results))
     shifted["reference"]["ratios"] = {"base": {"fgsm": 0.70}}  # our base/fgsm ratio is about 0.5
     shifted["reference"]["tables"]["aft-fgsm"]["jsma"]["adv"] = [60.0] * 3  # far below ours
@@ -174,7 +174,50 @@ def test_claims_reproduce_a_paper_that_is_our_run_and_contradict_one_that_is_not
     assert changed["ADV/ORIG ratio of base under fgsm"] == "contradicted (ours lower)"
     assert changed["ADV/ORIG ratio of aft-fgsm under jsma"] == "contradicted (ours higher)"
     text = "\n".join(report.verdicts(results, reps, against=shifted))
-    assert "verdict constructed" in text and "contradicted (ours lower)" in text and "| reproduced" in text
+    assert "value constructed" in text and "direction constructed" in text and "contradicted (ours lower)" in text
+    assert "| reproduced" in text
+
+
+def test_differences_between_models_are_paired_per_image_where_examples_exist():
+    results, table = constructed()
+    # The fine-tuned model gets right exactly the images its parent gets right: no difference, image by image.
+    twin = table[table["model"] == "base"].assign(model="aft-fgsm")
+    table = pd.concat([table[table["model"] == "base"], twin], ignore_index=True)
+    results["cells"] = [c for c in results["cells"] if c["model"] == "base"]
+    results["cells"] += [{**c, "model": "aft-fgsm"} for c in results["cells"]]
+    reps = stats.replicates_of(results)
+    paired = stats.claims_frame(results, reps, table).set_index("claim")
+    unpaired = stats.claims_frame(results, reps).set_index("claim")
+    cost = "clean accuracy cost of fine-tuning (aft-fgsm - base, points, mean over sizes)"
+    assert paired.loc[cost, "paired"] and not unpaired.loc[cost, "paired"]
+    assert paired.loc[cost, ["value", "lo", "hi"]].tolist() == [0.0, 0.0, 0.0]  # the same images resampled
+    assert unpaired.loc[cost, "lo"] < -1 and unpaired.loc[cost, "hi"] > 1  # two independent draws
+    assert paired.loc[cost, "direction"] == "not significant"
+
+
+def test_direction_and_value_get_their_own_verdicts():
+    claim = stats.Claim("fine-tuning raises the ratio", "ratio", 0.21, "tables", "m - p / a", True)
+    claim.value, claim.lo, claim.hi = 0.06, 0.03, 0.10  # the sign reproduced, significantly; the size not
+    assert (claim.direction, claim.verdict) == ("reproduced", "contradicted (ours lower)")
+    claim.lo, claim.hi = -0.02, 0.10
+    assert claim.direction == "not significant"
+    claim.lo, claim.hi = -0.3, -0.1
+    assert claim.direction == "contradicted"
+    ratio = stats.Claim("ADV/ORIG ratio", "ratio", 0.5, "stated", "m / a")
+    ratio.value, ratio.lo, ratio.hi = 0.5, 0.46, 0.54
+    assert (ratio.direction, ratio.verdict) == ("", "reproduced")
+
+
+def test_a_report_without_reference_has_no_paper_columns(tmp_path):
+    results, table = constructed()
+    results["reference"] = {}
+    _write_run(tmp_path / "run", results, table)
+    text = report.render(results, tmp_path / "run", with_figures=False)
+    assert "Tables as in the paper" not in text and "paper (stated)" not in text and "Verdicts" not in text
+    assert "mean over the evaluation sizes of ADV / ORIG" in text
+    results, _ = constructed()
+    text = report.render(results, tmp_path / "run", with_figures=False)
+    assert "## Tables as in the paper" in text and "paper (from its tables)" in text and "| direction " in text
 
 
 def _write_run(path, results, table):
@@ -197,9 +240,15 @@ def test_gate_pairs_per_image_and_names_cell_values_and_p_value(tmp_path, capsys
     fields = [f.strip() for f in line.strip("|").split("|")]
     assert fields[:4] == ["aft-fgsm", "jsma", "2000", "adv_acc"] and float(fields[6]) == pytest.approx(-0.015)
     assert float(fields[7]) < 1e-6 and fields[9] == "McNemar exact (paired)"
-    # The same drop from bare results.json files: unpaired, and 1.5 points on 4000 images is not significant.
+    # The same drop against a bare results.json: unpaired, and 1.5 points on 4000 images is not significant; the
+    # ratio (mean over sizes) still fails, since the flipped images are the first ones, all in the smallest size.
     (tmp_path / "base.json").write_text(json.dumps(results))
-    assert main(["check", str(tmp_path / "worse"), "--baseline", str(tmp_path / "base.json")]) == 0
+    table = check.compare(worse, results)
+    assert not table.loc[table["metric"] != "ratio", "regression"].any()
+    assert table.loc[table["regression"], ["model", "attack", "metric"]].values.tolist() == [
+        ["aft-fgsm", "jsma", "ratio"]]
+    assert "unpaired bootstrap" in table.loc[table["regression"], "test"].item()
+    assert main(["check", str(tmp_path / "worse"), "--baseline", str(tmp_path / "base.json")]) == 1
     assert "Fisher exact (unpaired)" in capsys.readouterr().out
 
 
