@@ -118,6 +118,9 @@ def check_params(owner: str, params: dict[str, Any], valid: dict[str, Any]) -> N
         raise ValueError(f"{owner}: unknown parameter(s) {', '.join(unknown)}; valid: {listing}")
     for key, value in params.items():
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        default = valid.get(key)
+        if isinstance(value, bool) and isinstance(default, (int, float)) and not isinstance(default, bool):
+            raise ValueError(f"{owner}: {key} must be a number (default {default!r}), got {str(value).lower()}")
         if key in NON_NEGATIVE and number and value < 0:
             raise ValueError(f"{owner}: {key} must be >= 0, got {value}")
         if key in SEARCH_BUDGETS and number and value < 1:

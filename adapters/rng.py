@@ -11,8 +11,9 @@ positions[i], k), k counting the draws of this call. That covers the
 random starts of torchattacks (`torch.empty_like(x).uniform_()`, `torch.rand(x.shape)`, `randn_like`, ...) and
 of ART (`np.random.uniform(size=(n, d))` in `art.utils.random_sphere`, ...). Any other draw cannot be tied to an
 image: it comes from the global generators (Python's `random`, numpy's, torch's), which the context seeds from
-`seed` and restores afterwards; any draw from them (seen between the attack's own reseeds, which are no draws)
-marks the call as not batch-invariant, so a report can say so instead of pretending.
+`seed` and restores afterwards, or from a private numpy generator made without a seed, which gets one derived
+from `seed`; any such draw (seen between the attack's own reseeds, which are no draws) marks the call as not
+batch-invariant, so a report can say so instead of pretending.
 
 Why in-house: no toolkit offers counter-based per-example randomness; torch's and numpy's generators are
 per-stream, and reseeding per batch replays one stream for every batch. The samplers are patched process-wide for
@@ -147,8 +148,28 @@ class _Globals:
     as known, so a reseed neither raises a false alarm nor hides the draws before it."""
 
     def __init__(self, seed: int):
-        self.seed, self.drew = seed, False
+        self.seed, self.drew, self.fresh = seed, False, 0
         self.devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+
+    def unseeded(self) -> int:
+        """A private generator made without a seed (ART's Boundary, HopSkipJump and BrendelBethge attacks call
+        `np.random.RandomState()`: OS entropy) gets one derived from the attack's seed, and counts as a draw no
+        image owns."""
+        self.drew, self.fresh = True, self.fresh + 1
+        return int(np.random.SeedSequence([self.seed, 0x5EED, self.fresh]).generate_state(1)[0])
+
+    def generator_factories(self) -> list[tuple[Any, str, Any]]:
+        owner = self
+        original_rng, original_state = np.random.default_rng, np.random.RandomState
+
+        class RandomState(original_state):
+            def __init__(self, seed=None):
+                super().__init__(owner.unseeded() if seed is None else seed)
+
+        def default_rng(seed=None):
+            return original_rng(owner.unseeded() if seed is None else seed)
+
+        return [(np.random, "RandomState", RandomState), (np.random, "default_rng", default_rng)]
 
     def states(self) -> tuple:
         return (random.getstate(), _numpy_fingerprint(), torch.get_rng_state().numpy().tobytes(),
@@ -175,6 +196,8 @@ class _Globals:
         saved = random.getstate(), np.random.get_state()
         reseeds = [(random, "seed"), (np.random, "seed"), (torch, "manual_seed"), (torch.random, "manual_seed")]
         originals = [getattr(owner, name) for owner, name in reseeds]
+        factories = self.generator_factories()
+        factory_originals = [getattr(owner, name) for owner, name, _ in factories]
         with torch.random.fork_rng(devices=self.devices):
             random.seed(self.seed)
             np.random.seed(self.seed % 2 ** 32)
@@ -183,9 +206,13 @@ class _Globals:
             try:
                 for (owner, name), fn in zip(reseeds, originals):
                     setattr(owner, name, self.watching(fn))
+                for owner, name, replacement in factories:
+                    setattr(owner, name, replacement)
                 yield self
             finally:
                 for (owner, name), fn in zip(reseeds, originals):
+                    setattr(owner, name, fn)
+                for (owner, name, _), fn in zip(factories, factory_originals):
                     setattr(owner, name, fn)
                 self.checkpoint()
                 random.setstate(saved[0])

@@ -29,7 +29,7 @@ from tabulate import tabulate
 from benchmark import examples as examples_csv
 from benchmark import stats
 from benchmark.errors import UserError
-from benchmark.report import cells, load_results
+from benchmark.report import cells, check_results, load_results
 
 KEYS = ["model", "attack", "size"]
 METRICS = {"orig_acc": "correct_orig", "adv_acc": "correct_adv"}
@@ -91,6 +91,19 @@ def _paired_p(mine: pd.DataFrame, base: pd.DataFrame, model: str, attack: str, s
     return stats.mcnemar_p(joined[column], joined[f"{column}_base"]), len(joined)
 
 
+def _like(run: dict, run_examples: pd.DataFrame | None, baseline: dict) -> tuple[dict, pd.DataFrame | None]:
+    """The run's cells and examples that the baseline has: its (model, attack, seed, size) cells, and per
+    (model, attack) the images below the baseline's largest size."""
+    wanted = set(map(tuple, cells(baseline)[CELL].itertuples(index=False)))
+    kept = [c for c in run["cells"] if (c["model"], c["attack"], c["seed"], c["size"]) in wanted]
+    if run_examples is None:
+        return {**run, "cells": kept}, None
+    largest = cells(baseline).groupby(["model", "attack", "seed"])["size"].max()
+    limit = run_examples.set_index(["model", "attack", "seed"]).index.map(largest.to_dict().get)
+    keep = ~pd.isna(limit) & (run_examples["position"].to_numpy() < np.nan_to_num(limit.to_numpy(float), nan=-1))
+    return {**run, "cells": kept}, run_examples[keep]
+
+
 def _ratio_replicates(run: dict, baseline: dict, run_examples: pd.DataFrame | None,
                       baseline_examples: pd.DataFrame | None) -> dict[tuple[str, str], tuple[np.ndarray, str]]:
     """Per (model, attack): bootstrap replicates (index 0 observed) of ratio(run) - ratio(baseline), and how they
@@ -116,8 +129,10 @@ def _ratio_replicates(run: dict, baseline: dict, run_examples: pd.DataFrame | No
 def compare(run: dict, baseline: dict, *, alpha: float = 0.01, tolerance: float | None = None,
             either_way: bool = False, run_examples: pd.DataFrame | None = None,
             baseline_examples: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per baseline cell and metric: baseline, run, delta, the test, its p-value and n, regression."""
+    """One row per baseline cell and metric: baseline, run, delta, the test, its p-value and n, regression. Like
+    for like: the run is cut to the baseline's cells (seeds, sizes) and images before anything is compared."""
     require_cells(run, baseline)
+    run, run_examples = _like(run, run_examples, baseline)
     mine, base = pooled(run), pooled(baseline)
     paired = run_examples is not None and baseline_examples is not None
     rows = []
@@ -176,7 +191,7 @@ def _paper_ratio(group: pd.DataFrame) -> float:
 
 def main(run_dir: Path, baseline_path: Path, *, alpha: float = 0.01, tolerance: float | None = None,
          either_way: bool = False) -> int:
-    if not 0 < alpha < 1 or (tolerance is not None and tolerance < 0):
+    if not 0 < alpha < 1 or (tolerance is not None and not 0 <= tolerance < float("inf")):
         raise UserError("--alpha must lie in (0, 1) and --tolerance be non-negative")
     baseline, baseline_dir = _load(baseline_path)
     run = load_results(run_dir)
@@ -217,6 +232,5 @@ def _load(path: Path) -> tuple[dict, Path | None]:
         results = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not a results JSON ({exc})") from None
-    if not isinstance(results, dict) or "cells" not in results:
-        raise UserError(f"{path}: not a results JSON (no cells)")
+    check_results(results, path)
     return results, (path.parent if path.name == "results.json" else None)

@@ -152,10 +152,14 @@ def image_folder(path: str | os.PathLike, classes_required: list[str] | None = N
         arrays = dict(np.load(cached, allow_pickle=False))
     else:
         arrays = _decode(path, classes_required)
-        cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, cached)
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(tmp, **arrays)
+            os.replace(tmp, cached)
+        except OSError as exc:
+            raise UserError(f"cannot write the decoded-data cache in {cached.parent} ({exc.strerror or exc}); set "
+                            "BENCH_CACHE to a writable folder") from None
     lossy = any(str(s).lower().endswith((".jpg", ".jpeg")) for s in arrays["suffixes"])
     classes = [str(c) for c in arrays["classes"]]
     _require(path, classes, classes_required)
@@ -214,8 +218,9 @@ def _decode(path: Path, required: list[str] | None = None) -> dict[str, np.ndarr
                     img = Image.open(io.BytesIO(blob))
                     if img.mode != "RGB":  # grayscale, palette, RGBA...: accepted, and the report says so
                         converted[img.mode] = converted.get(img.mode, 0) + 1
-                    img = img.convert("RGB")
-                except (OSError, SyntaxError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+                    img = _to_rgb(img, name)
+                except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+                    # PIL's UnidentifiedImageError is an OSError; a decompression bomb is refused by name
                     raise UserError(f"{path}: cannot decode image {name} ({type(exc).__name__})") from None
                 images.append(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
                 labels.append(label)
@@ -233,6 +238,18 @@ def _decode(path: Path, required: list[str] | None = None) -> dict[str, np.ndarr
     out["suffixes"] = np.array(sorted(suffixes))
     out["converted"] = np.array([f"{mode}:{n}" for mode, n in sorted(converted.items())], dtype=str)
     return out
+
+
+def _to_rgb(img, name: str):
+    """8-bit RGB. 16-bit grayscale is scaled to 8 bits (Pillow's own convert clips it, which whitens nearly every
+    pixel); 32-bit integer or float images have no range to scale from and are refused."""
+    from PIL import Image
+
+    if img.mode.startswith("I;16"):
+        return Image.fromarray((np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8), mode="L").convert("RGB")
+    if img.mode in ("I", "F"):
+        raise ValueError(f"{name}: {img.mode} images (32-bit) have no known range")
+    return img.convert("RGB")
 
 
 def _require(path: Path, classes: list[str], required: list[str] | None) -> None:

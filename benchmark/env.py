@@ -12,7 +12,9 @@ PACKAGES = {"torch": "torch", "torchvision": "torchvision", "art": "adversarial-
             "torchattacks": "torchattacks", "numpy": "numpy", "pandas": "pandas", "pillow": "pillow"}
 # The libraries whose version can change a node's numbers, by kind of node (decoding libraries such as Pillow are
 # covered by the hash of the decoded pixels that every key carries).
-NUMERIC = {"model": ("torch", "torchvision"), "attack": ("torch", "torchvision", "numpy", "art", "torchattacks")}
+# Python's own version counts for attacks: ART's UniversalPerturbation and SquareAttack draw from its `random`.
+NUMERIC = {"model": ("torch", "torchvision"),
+           "attack": ("python", "torch", "torchvision", "numpy", "art", "torchattacks")}
 
 
 def versions() -> dict[str, str]:

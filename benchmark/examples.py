@@ -59,6 +59,14 @@ def load(run_dir: Path) -> pd.DataFrame | None:
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:
         raise UserError(f"{path}: missing column(s) {', '.join(missing)}")
+    if table.empty:
+        raise UserError(f"{path}: no rows")
+    for column in ("correct_orig", "correct_adv"):
+        if table[column].dtype != bool:
+            raise UserError(f"{path}: column {column} must hold True/False only (a damaged file?)")
+    for column in ("seed", "position", "index", "label", "pred_orig", "pred_adv"):
+        if not pd.api.types.is_integer_dtype(table[column]):
+            raise UserError(f"{path}: column {column} must hold integers only (a damaged file?)")
     return table
 
 

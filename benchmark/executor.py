@@ -39,15 +39,15 @@ class LocalExecutor:
         return self._device
 
     def run(self, nodes: list[Node], works: dict[str, Work]) -> Outcome:
-        contexts: dict[str, Any] = {}
+        # Built at the start, in the driver: a suite's context checks the code against the driver's, which for
+        # this process is the code it already runs (an edit during a run is fingerprint's to catch, per node).
+        contexts: dict[str, Any] = {token: work.context() for token, work in works.items()}
         outcome = Outcome()
         bar = tqdm(order(nodes), desc="graph", unit="node", dynamic_ncols=True)
         for node in bar:
             if any(d not in outcome.values for d in node.deps):
                 continue  # a dependency failed: Outcome.failures lists this node as not run
             bar.set_postfix_str(node.name, refresh=False)
-            if node.work not in contexts:
-                contexts[node.work] = works[node.work].context()
             started = time.perf_counter()
             try:
                 outcome.values[node.id] = node.fn(contexts[node.work], {d: outcome.values[d] for d in node.deps})

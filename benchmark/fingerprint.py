@@ -29,6 +29,8 @@ import json
 import os
 import sys
 import sysconfig
+import threading
+import types
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -59,12 +61,15 @@ class Recorder:
         self._previous = sys.gettrace()
         # A debugger's or coverage's tracer keeps running under the outermost recorder and any nested in it.
         self._chained = _active[0]._chained if _active else self._previous
+        self._previous_threads = threading.gettrace()
         _active.append(self)
         sys.settrace(self._trace)
+        threading.settrace(self._trace)  # threads the computation starts (not ones already running)
         return self
 
     def __exit__(self, *exc) -> None:
         sys.settrace(self._previous)
+        threading.settrace(self._previous_threads)
         _active.pop()
         if _active:  # what ran in a nested recorder ran in the enclosing one too
             _active[-1].codes.update(self.codes)
@@ -77,12 +82,16 @@ class Recorder:
     def manifest(self) -> dict[str, Any]:
         modules: dict[str, dict] = {}
         libraries: dict[str, str] = {}
+        unverifiable = []
         for code, module in list(self.codes.items()):
             path = code.co_filename
             kind = _kind(path)
             if kind == "ours" and module != __name__:  # the recorder itself computes nothing
                 parsed = _parse(path)
-                if parsed is None:
+                if parsed is None or not _as_on_disk(code):
+                    # The file was edited (or broken) after this process imported it: what ran is not what the
+                    # file says, so no later run may match this manifest.
+                    unverifiable.append(path)
                     continue
                 entry = modules.setdefault(module, {"file": path, "module": parsed[0], "units": {}})
                 unit = _unit_at(parsed[1], code.co_firstlineno)
@@ -92,12 +101,21 @@ class Recorder:
                 dist = _distribution(path)
                 if dist is not None:
                     libraries[dist[0]] = dist[1]
+        for module in list(modules):  # constants the code that ran may have read from the modules it imports
+            for imported, path in _imports(module, modules[module]["file"]):
+                if imported not in modules and _kind(path) == "ours":
+                    parsed = _parse(path)
+                    if parsed is None:
+                        unverifiable.append(path)
+                    else:
+                        modules[imported] = {"file": path, "module": parsed[0], "units": {}}
         for earlier in self.merged:
             for module, entry in earlier.get("modules", {}).items():
                 mine = modules.setdefault(module, {**entry, "units": {}})
                 mine["units"] = {**entry["units"], **mine["units"]}
             libraries = {**earlier.get("libraries", {}), **libraries}
-        return {"modules": {m: modules[m] for m in sorted(modules)}, "libraries": dict(sorted(libraries.items()))}
+        out = {"modules": {m: modules[m] for m in sorted(modules)}, "libraries": dict(sorted(libraries.items()))}
+        return {**out, "unverifiable": sorted(set(unverifiable))} if unverifiable else out
 
 
 def record() -> Recorder:
@@ -123,8 +141,8 @@ def active_manifest() -> dict:
 
 def unchanged(manifest: dict | None) -> bool:
     """Whether every module, function and library version a stored manifest names is as it was."""
-    if not manifest or "modules" not in manifest:
-        return False  # made before manifests, or by nothing we can vouch for
+    if not manifest or "modules" not in manifest or manifest.get("unverifiable"):
+        return False  # made before manifests, or by code whose source was edited while it ran
     for module, entry in manifest["modules"].items():
         parsed = _parse(_module_file(module, entry["file"]))
         if parsed is None or parsed[0] != entry["module"]:
@@ -136,7 +154,12 @@ def unchanged(manifest: dict | None) -> bool:
 
 
 def digest(manifest: dict) -> str:
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+    """A hash of what a manifest says the code is, not where it lies: module names and files left out (a suite
+    folder's factory module is named after its path), so a moved checkout or suite folder hashes the same."""
+    content = {"modules": sorted([entry["module"], sorted(entry["units"].items())]
+                                 for entry in manifest.get("modules", {}).values()),
+               "libraries": manifest.get("libraries", {}), "unverifiable": bool(manifest.get("unverifiable"))}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # --- files, modules and their hashes ---------------------------------------------------------------------------
@@ -181,6 +204,62 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def _as_on_disk(code: types.CodeType) -> bool:
+    """Whether the file a code object came from still compiles to it (Python keeps running what it imported, so a
+    file edited during a run no longer describes the code that ran)."""
+    compiled = _compiled(code.co_filename)
+    return compiled is not None and _shape(code) in compiled.get(code.co_qualname, ())
+
+
+def _compiled(path: str) -> dict[str, set] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return _compiled_file(path, stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=256)
+def _compiled_file(path: str, mtime_ns: int, size: int) -> dict[str, set] | None:
+    try:
+        module = compile(Path(path).read_bytes(), path, "exec", dont_inherit=True)
+    except (OSError, SyntaxError, ValueError):
+        return None
+    shapes: dict[str, set] = {}
+    stack = [module]
+    while stack:
+        code = stack.pop()
+        shapes.setdefault(code.co_qualname, set()).add(_shape(code))
+        stack += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+    return shapes
+
+
+def _shape(code: types.CodeType) -> tuple:
+    """A code object without its line numbers: what it does, not where it stands."""
+    return (code.co_code, code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars,
+            tuple(_shape(c) if isinstance(c, types.CodeType) else repr(c) for c in code.co_consts))
+
+
+def _imports(module: str, path: str) -> list[tuple[str, str]]:
+    """(name, file) of every module that `module`'s top-level import statements name, where it can be found."""
+    import importlib.util
+
+    parsed = _parse(path)
+    package = getattr(sys.modules.get(module), "__package__", None) or module.rpartition(".")[0]
+    out = []
+    for name in (parsed[2] if parsed else ()):
+        try:
+            resolved = importlib.util.resolve_name(name, package) if name.startswith(".") else name
+        except (ImportError, ValueError):
+            continue
+        for candidate in (resolved, resolved.rpartition(".")[0]):  # `from pkg import mod` or `from mod import x`
+            found = getattr(sys.modules.get(candidate), "__file__", None)
+            if found and os.path.isfile(found):
+                out.append((candidate, found))
+                break
+    return out
+
+
 def _module_file(module: str, recorded: str) -> str:
     loaded = sys.modules.get(module)
     path = getattr(loaded, "__file__", None)
@@ -196,25 +275,42 @@ def _parse(path: str) -> tuple[str, list[tuple[int, int, str, str]]] | None:
 
 
 @lru_cache(maxsize=256)
-def _parse_file(path: str, mtime_ns: int, size: int) -> tuple[str, list[tuple[int, int, str, str]]] | None:
-    """(hash of the module's top-level statements, [(first line, last line, unit name, hash)] for every top-level
-    function and method), from the syntax tree without docstrings."""
+def _parse_file(path: str, mtime_ns: int, size: int
+                ) -> tuple[str, list[tuple[int, int, str, str]], list[str]] | None:
+    """(hash of the module's top-level statements, [(first line, last line, unit name, hash)] for every function
+    and method not nested in another function, the module names its top-level imports name), from the syntax
+    tree without docstrings. A name defined twice (a property's setter, singledispatch's `_`) is numbered."""
     try:
         tree = ast.parse(Path(path).read_bytes(), filename=path)
     except (OSError, SyntaxError, ValueError):
         return None
     units: list[tuple[int, int, str, str]] = []
+    seen: dict[str, int] = {}
+    imports: list[str] = []
 
-    def take(node, prefix: str) -> None:
-        for child in node.body:
+    def take(statements, prefix: str) -> None:
+        for child in statements:
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 first = min([child.lineno] + [d.lineno for d in child.decorator_list])
-                units.append((first, child.end_lineno, prefix + child.name, _hash(_strip_docstring(child))))
+                name = prefix + child.name
+                seen[name] = seen.get(name, 0) + 1
+                name += f"#{seen[name]}" if seen[name] > 1 else ""
+                units.append((first, child.end_lineno, name, _hash(_strip_docstring(child))))
             elif isinstance(child, ast.ClassDef):
-                take(child, f"{prefix}{child.name}.")
+                take(child.body, f"{prefix}{child.name}.")
+            elif isinstance(child, (ast.If, ast.Try, ast.With, ast.For, ast.While)):  # defs under `if`, `try`...
+                for block in ("body", "orelse", "handlers", "finalbody"):
+                    for item in getattr(child, block, []):
+                        take(item.body if isinstance(item, ast.ExceptHandler) else [item], prefix)
+            elif isinstance(child, ast.Import) and not prefix:
+                imports.extend(alias.name for alias in child.names)
+            elif isinstance(child, ast.ImportFrom) and not prefix:
+                base = "." * child.level + (child.module or "")
+                imports.extend(f"{base}.{alias.name}" if base.strip(".") else base + alias.name
+                               for alias in child.names)
 
-    take(tree, "")
-    return _hash(_skeleton(tree)), units
+    take(tree.body, "")
+    return _hash(_skeleton(tree)), units, imports
 
 
 def _unit_at(units: list[tuple[int, int, str, str]], line: int) -> tuple[str, str] | None:
@@ -234,11 +330,13 @@ def _strip_docstring(node):
 
 
 def _skeleton(tree: ast.Module) -> ast.Module:
-    """The module with every function body emptied and docstrings dropped: what runs at import."""
+    """The module without its functions and docstrings: the statements that run at import (constants, imports,
+    class attributes). A function's signature, defaults and decorators are in its own unit, so a function added,
+    or edited, that a computation never calls leaves its manifest matching."""
 
     class Hollow(ast.NodeTransformer):
         def visit_FunctionDef(self, node):
-            return type(node)(**{**{f: getattr(node, f) for f in node._fields}, "body": [ast.Pass()]})
+            return None
 
         visit_AsyncFunctionDef = visit_FunctionDef
 
@@ -270,8 +368,11 @@ def code(*objects: Any) -> str:
 def _source(obj: Any) -> str:
     try:
         return inspect.getsource(obj)
-    except (OSError, TypeError):  # built in or without a file: its qualified name is all there is
-        return f"<{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', repr(obj))}>"
+    except (OSError, TypeError):  # no file (a notebook cell, exec): the bytecode of its functions, else its name
+        name = f"<{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', repr(obj))}>"
+        members = vars(obj).values() if isinstance(obj, type) else [obj]
+        codes = [getattr(getattr(m, "__func__", m), "__code__", None) for m in members]
+        return name + repr(sorted(repr(_shape(c)) for c in codes if c is not None))
 
 
 def packages() -> str:

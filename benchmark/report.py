@@ -26,9 +26,29 @@ def load_results(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"no results.json in {run_dir} (run the suite first)")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        results = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not valid JSON ({exc})") from None
+    check_results(results, path)
+    return results
+
+
+CELL_NUMBERS = ("seed", "size", "orig_acc", "adv_acc")
+
+
+def check_results(results: Any, where: Path) -> None:
+    """A results.json as `run` writes it: a table with a non-empty list of cells, each naming its model, attack,
+    seed and size, with accuracies in [0, 1]; else a UserError naming the first thing wrong."""
+    if not isinstance(results, dict) or not isinstance(results.get("cells"), list) or not results["cells"]:
+        raise UserError(f"{where}: not a results.json of this benchmark (no list of cells)")
+    for i, cell in enumerate(results["cells"]):
+        if not isinstance(cell, dict) or not all(isinstance(cell.get(k), str) for k in ("model", "attack")):
+            raise UserError(f"{where}: cell {i} has no model and attack names")
+        bad = [k for k in CELL_NUMBERS if not isinstance(cell.get(k), (int, float)) or isinstance(cell.get(k), bool)
+               or not np.isfinite(cell[k])]
+        if bad or not (0 <= cell["orig_acc"] <= 1 and 0 <= cell["adv_acc"] <= 1):
+            raise UserError(f"{where}: cell {i} ({cell['model']} / {cell['attack']}) has "
+                            + (f"no finite {bad[0]}" if bad else "an accuracy outside [0, 1]"))
 
 
 def cells(results: dict[str, Any]) -> pd.DataFrame:

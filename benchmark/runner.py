@@ -340,6 +340,10 @@ def cached(ctx: Context, kind: str, key: str, compute, *, tensors: str | None = 
             info = stored()  # another process may have finished it while this one waited
             if info is None:
                 with fingerprint.record() as ran:
+                    # This function and the OOM fallback shape what is stored but started before the recorder.
+                    ran.include({cached.__code__: __name__, evaluate.halving_on_oom.__code__: evaluate.__name__,
+                                 datasets.Dataset.__post_init__.__code__: datasets.__name__,
+                                 datasets.Dataset.to.__code__: datasets.__name__})  # the data's layout
                     info = compute()
                 ctx.store.put_json(kind, key, {**info, "code": ran.manifest()})
                 KEPT["nodes"] += 1
@@ -501,7 +505,7 @@ def build_adversarial_set(ctx: Context, spec: ModelSpec) -> tuple[str, dict]:
     key and record (keyed by the attack batch that ran: evaluate.halving_on_oom)."""
     e = spec.entry
     parent = ctx.model_info[spec.parent]
-    idx, provenance = finetune_sample(ctx.suite, spec, len(ctx.data.train_y), len(ctx.data.test_y))
+    idx = finetune_sample(ctx.suite, spec, len(ctx.data.train_y), len(ctx.data.test_y))[0]  # for the key
     attack_entry = e["attack_spec"]
 
     def attack():
@@ -512,6 +516,7 @@ def build_adversarial_set(ctx: Context, spec: ModelSpec) -> tuple[str, dict]:
         xs, ys = (ctx.data.train_x, ctx.data.train_y) if e["split"] == "train" else (ctx.data.test_x,
                                                                                      ctx.data.test_y)
         dev_idx, perturb = idx.to(ctx.device), attack()
+        provenance = finetune_sample(ctx.suite, spec, len(ctx.data.train_y), len(ctx.data.test_y))[1]  # recorded
         adv = evaluate.attack_images(perturb, load_model(ctx, spec.parent), xs[dev_idx], ys[dev_idx], batch,
                                      desc=f"perturb {e['images']} for {spec.name}")
         tensors = {"images": adv, "labels": ys[dev_idx], "indices": idx}

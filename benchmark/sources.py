@@ -20,6 +20,7 @@ import importlib.util
 import inspect
 import re
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -78,6 +79,8 @@ def parse(table: dict, where: str, fail: Callable[[str], UserError], suite_dir: 
         file = (suite_dir / table["checkpoint"]).resolve()
         if not file.exists():
             raise fail(f"{where}checkpoint not found: {file}")
+        if not file.is_file():  # a folder, a FIFO (reading one would wait forever), a device
+            raise fail(f"{where}checkpoint {file} is not a regular file")
     else:
         zoo = {k: table.get(k, d) for k, d in (("model_dir", "models"), ("dataset", "cifar10"),
                                                 ("threat_model", "Linf"))}
@@ -299,13 +302,17 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
 
             obj = load_file(str(path), device="cpu")
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about legacy pickles on stderr before refusing them
+                warnings.simplefilter("ignore")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except (IsADirectoryError, PermissionError, FileNotFoundError) as exc:
         raise UserError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
     except Exception as exc:  # noqa: BLE001  (zip, pickle and safetensors errors of every kind)
-        needs = re.search(r"GLOBAL ([\w.]+) was not an allowed global", str(exc))
+        needs = re.search(r"GLOBAL ([\w.]+) was not an allowed global", str(exc)) or re.search(
+            r"Unsupported operand|Unsupported global|REDUCE|BUILD", str(exc))
         if needs:
-            raise UserError(f"checkpoint {path} would need unpickling code to load ({needs.group(1)}); save "
+            what = needs.group(1) if needs.lastindex else "an object that is not a tensor"
+            raise UserError(f"checkpoint {path} would need unpickling code to load ({what}); save "
                             "model.state_dict() instead (torch.save(model.state_dict(), path))") from None
         raise UserError(f"checkpoint {path} is corrupted or not a state dict ({type(exc).__name__})") from None
     state = _unwrap(obj)

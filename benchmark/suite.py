@@ -34,6 +34,8 @@ TOP_TYPES = {"name": str, "description": str, "profile": str}
 KNOWN_SPLITS = {"cifar10": (50000, 10000), "cifar100": (50000, 10000)}
 PROFILES = ("paper", "paper-code", "custom")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+SYNTHETIC_MAX = 1_000_000  # images per split of the synthetic source (3 KiB each: 3 GiB)
+MAX_NAME = 100  # bytes: two of them and a prefix stay below the 255 a file name may have
 BASE_KEYS = {"arch": str, "mean": list, "std": list, "lr": float, "batch_size": int, "epochs": int,
              "augment": bool, "seed": int, "early_stop": dict, "train_images": int}
 FINETUNE_KEYS = {"from": str, "attack": str, "images": int, "split": str, "schedule": str, "lr": float,
@@ -137,9 +139,11 @@ def parse(raw: dict[str, Any], path: Path) -> Suite:
     for key, kind in TOP_TYPES.items():
         if key in raw and not isinstance(raw[key], kind):
             raise fail(f"{key} must be a {kind.__name__}, got {raw[key]!r}")
-    if raw.get("name") is not None and (raw["name"].strip(". ") == "" or any(c in raw["name"] for c in "/\\")):
-        raise fail(f"name must be usable as a folder name (no slashes, not empty), got {raw['name']!r}")
-    if raw.get("schema") != SCHEMA:
+    if raw.get("name") is not None and (raw["name"].strip(". ") == "" or any(c in raw["name"] for c in "/\\")
+                                        or any(ord(c) < 32 for c in raw["name"]) or len(raw["name"].encode()) > 200):
+        raise fail(f"name must be usable as a folder name (no slashes or control characters, not empty, at most 200 "
+                   f"bytes), got {raw['name'][:40]!r}")
+    if not _is_int(raw.get("schema")) or raw.get("schema") != SCHEMA:
         raise fail(f"schema must be {SCHEMA}, got {raw.get('schema')!r}")
     profile = raw.get("profile", "custom")
     if profile not in PROFILES:
@@ -153,8 +157,8 @@ def parse(raw: dict[str, Any], path: Path) -> Suite:
     if data.get("source") not in SOURCES:
         raise fail(f"data.source must be one of {', '.join(SOURCES)}, got {data.get('source')!r}")
     for key in ("train", "test"):
-        if key in data and (not _is_int(data[key]) or data[key] < 1):
-            raise fail(f"data.{key} must be a positive integer")
+        if key in data and (not _is_int(data[key]) or not 1 <= data[key] <= SYNTHETIC_MAX):
+            raise fail(f"data.{key} must be a positive integer of at most {SYNTHETIC_MAX:,}")
         if key in data and data["source"] != "synthetic":
             raise fail(f"data.{key} applies to the synthetic source only")
     if "path" in data:  # relative to the suite; --data-dir, where given, takes its place
@@ -250,6 +254,9 @@ def _identifier(name: str, where: str, fail) -> None:
     if not NAME.fullmatch(name) or ".." in name:
         raise fail(f"{where} {name!r}: a name must be letters, digits and _ . + - (starting with a letter or digit; "
                    "no '/', '..', '@' or spaces)")
+    if len(name.encode()) > MAX_NAME:
+        raise fail(f"{where} {name[:20]!r}...: a name must be at most {MAX_NAME} bytes (figure file names join a "
+                   "model's and an attack's)")
 
 
 def _is_int(v: Any) -> bool:
@@ -374,6 +381,9 @@ def _models(table: dict, attack_table: dict, fail, suite_dir: Path) -> dict[str,
             early = entry.get("early_stop")
             if early is not None:
                 _typed(early, EARLY_STOP_KEYS, f"{where}early_stop.", fail)
+                if early.get("patience", 1) < 1 or early.get("val_size", 1) < 1:
+                    raise fail(f"{where}early_stop: patience and val_size must be at least 1 (leave early_stop out "
+                               "to train every epoch)")
             full = {"arch": entry["arch"], "mean": entry.get("mean", [0.5, 0.5, 0.5]),
                     "std": entry.get("std", [0.5, 0.5, 0.5]), "lr": entry.get("lr", 1e-3),
                     "batch_size": entry.get("batch_size", 256), "epochs": entry.get("epochs", 10),

@@ -89,6 +89,17 @@ SUITE_CASES = [
      "evaluation.seeds[1] = 1180591620717411303424 does not fit in 64 bits"),
     ("recipe seed beyond 64 bits", lambda s: s.replace("seed = 0", "seed = 9223372036854775808", 1),
      "models.base.seed = 9223372036854775808 does not fit in 64 bits"),
+    ("eps = true", lambda s: s.replace("eps = 0.02", "eps = true"), "eps must be a number (default 0.03"),
+    ("schema = true", lambda s: s.replace("schema = 1", "schema = true"), "schema must be 1, got True"),
+    ("300-character attack name", lambda s: s.replace("[attacks.fgsm]", f'[attacks.{"f" * 300}]'),
+     "a name must be at most 100 bytes"),
+    ("suite name with a NUL", lambda s: s.replace('name = "tiny"', 'name = "ti\\u0000ny"'), "usable as a folder"),
+    ("suite name of 300 characters", lambda s: s.replace('name = "tiny"', f'name = "{"n" * 300}"'),
+     "usable as a folder name"),
+    ("early stop with patience 0", lambda s: s.replace("seed = 0", "seed = 0\nearly_stop = { patience = 0 }", 1),
+     "patience and val_size must be at least 1"),
+    ("synthetic data of 1e11 images", lambda s: s.replace("train = 1000", "train = 100000000000"),
+     "data.train must be a positive integer of at most 1,000,000"),
 ]
 
 
@@ -387,3 +398,91 @@ def test_ctrl_c_says_what_was_kept(tmp_path, tiny_suite):
     line = _interrupt(tmp_path, slow, "jsma on base")
     assert line.startswith("interrupted; kept in the store: ") and "finished node(s)" in line
     assert line.endswith("; a rerun resumes from them")
+
+
+# ---------------------------------------------------------------------------- damaged run folders, odd files
+def _damaged(run, what):
+    results, examples = run / "results.json", run / "examples.csv"
+    if what == "empty object":
+        results.write_text("{}")
+    elif what == "a list":
+        results.write_text("[]")
+    elif what == "binary":
+        results.write_bytes(bytes(range(256)) * 4)
+    elif what == "nan accuracy":
+        data = json.loads(results.read_text())
+        data["cells"][0]["adv_acc"] = float("nan")
+        results.write_text(json.dumps(data))
+    elif what == "truncated examples":
+        examples.write_text(examples.read_text()[:300])
+    elif what == "header-only examples":
+        examples.write_text(examples.read_text().splitlines()[0] + "\n")
+    elif what == "words in a boolean column":
+        examples.write_text(examples.read_text().replace(",True,", ",maybe,", 3))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    from conftest import TINY_SUITE
+
+    root = tmp_path_factory.mktemp("finished")
+    (root / "tiny.toml").write_text(TINY_SUITE.format(profile="paper", split="train"))
+    assert main(["run", str(root / "tiny.toml"), "--out", str(root / "run"), "--device", "cpu"]) == 0
+    return root / "run"
+
+
+@pytest.mark.parametrize("what", ["empty object", "a list", "binary", "nan accuracy", "truncated examples",
+                                  "header-only examples", "words in a boolean column"])
+def test_check_and_report_refuse_a_damaged_run_folder_in_one_line(capsys, tmp_path, finished_run, what):
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(finished_run, damaged)
+    _damaged(damaged, what)
+    capsys.readouterr()
+    _refused(capsys, ["check", str(damaged), "--baseline", str(finished_run)], str(damaged))
+    _refused(capsys, ["check", str(finished_run), "--baseline", str(damaged)], str(damaged))
+    _refused(capsys, ["report", str(damaged)], str(damaged))
+
+
+def test_check_refuses_a_nan_tolerance(capsys, finished_run):
+    _refused(capsys, ["check", str(finished_run), "--baseline", str(finished_run), "--tolerance", "nan"],
+             "--tolerance be non-negative")
+
+
+def test_an_unwritable_decoded_data_cache_is_one_line(capsys, tmp_path, monkeypatch):
+    data = _image_folder(tmp_path / "images")
+    suite = tmp_path / "suite.toml"
+    suite.write_text(FOLDER_SUITE.format(source="folder"))
+    for cache in ("/proc/bench-cache", str(suite)):  # a pseudo filesystem, a regular file
+        monkeypatch.setenv("BENCH_CACHE", cache)
+        _refused(capsys, ["run", str(suite), "--out", str(tmp_path / "out"), "--device", "cpu", "--data-dir",
+                          str(data)], "cannot write the decoded-data cache")
+    assert not (tmp_path / "out").exists()
+
+
+def test_sixteen_bit_grayscale_is_scaled_and_a_decompression_bomb_refused(capsys, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from benchmark import data as datasets
+
+    folder = _image_folder(tmp_path / "images")
+    ramp = (np.arange(1024).reshape(32, 32) * 64).astype(np.uint16)
+    Image.fromarray(ramp).save(folder / "train" / "a" / "0.png")
+    decoded = datasets.image_folder(folder)
+    image = decoded.train_x[0, 0].numpy()
+    assert image.min() == 0 and image.max() == 255 and len(np.unique(image)) == 256  # scaled, not clipped
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # a 32x32 image is then more than twice the limit
+    suite = tmp_path / "suite.toml"
+    suite.write_text(FOLDER_SUITE.format(source="folder"))
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "other-cache"))
+    _refused(capsys, ["run", str(suite), "--out", str(tmp_path / "out"), "--device", "cpu", "--data-dir",
+                      str(folder)], "(DecompressionBombError)")
+
+
+def test_a_fifo_as_checkpoint_is_refused_without_waiting(capsys, tmp_path):
+    os.mkfifo(tmp_path / "net.pt")
+    suite = tmp_path / "suite.toml"
+    suite.write_text(FOLDER_SUITE.format(source="synthetic").replace(
+        'arch = "small-cnn"\nepochs = 1\nbatch_size = 4', 'checkpoint = "net.pt"\narch = "small-cnn"'))
+    _refused(capsys, ["validate", str(suite)], "is not a regular file")

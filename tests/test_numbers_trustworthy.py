@@ -239,7 +239,7 @@ def _edit(monkeypatch, file_suffix: str, unit: str):
         if result is None or not path.endswith(file_suffix):
             return result
         return result[0], [(a, b, name, digest + "-edited" if name == unit else digest)
-                           for a, b, name, digest in result[1]]
+                           for a, b, name, digest in result[1]], result[2]
 
     monkeypatch.setattr(fingerprint, "_parse_file", parsed)
 
@@ -263,6 +263,26 @@ def _stages(monkeypatch):
     monkeypatch.setattr(runner, "fit", counted_fit)
     monkeypatch.setattr(evaluate, "run_evaluation", counted_evaluation)
     return calls
+
+
+def test_manifest_hashes_ignore_comments_and_docstrings_but_not_code_or_constants(tmp_path):
+    module = tmp_path / "m.py"
+    source = 'RATE = 2\n\n\ndef f(x):\n    """Doc."""\n    return x * RATE\n\n\ndef g():\n    return 1\n'
+    module.write_text(source)
+    first = fingerprint._parse(str(module))
+    variants = {
+        "comment": source.replace("return x * RATE", "return x * RATE  # why"),
+        "docstring": source.replace('"""Doc."""', '"""Another doc."""'),
+        "code": source.replace("x * RATE", "x + RATE"),
+        "constant": source.replace("RATE = 2", "RATE = 3"),
+    }
+    for i, (name, text) in enumerate(variants.items()):
+        module.write_text(text)
+        os.utime(module, ns=(1, 10 ** 9 * (i + 2)))  # a new mtime for each: the parse cache reads it anew
+        skeleton, units, _ = fingerprint._parse(str(module))
+        same_f = dict((u[2], u[3]) for u in units)["f"] == dict((u[2], u[3]) for u in first[1])["f"]
+        assert (skeleton == first[0], same_f) == {"comment": (True, True), "docstring": (True, True),
+                                                  "code": (True, False), "constant": (False, True)}[name], name
 
 
 def test_an_edit_reruns_exactly_the_nodes_whose_code_it_touches(tmp_path, tiny_suite, monkeypatch):
@@ -459,3 +479,111 @@ def test_paired_gate_catches_drops_the_unpaired_fallback_misses(gated, tmp_path,
     bare.write_text((gated / "results.json").read_text())  # no examples.csv: Fisher and unpaired bootstraps
     unpaired, out = _gate(capsys, run, bare)
     assert paired == 1 and unpaired == 0 and "Fisher exact (unpaired)" in out
+
+
+# --- what a manifest must not miss ---------------------------------------------------------------------------------
+
+def _module(tmp_path, monkeypatch, name, text):
+    import importlib
+
+    (tmp_path / f"{name}.py").write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop(name, None)
+    return importlib.import_module(name)
+
+
+def _recorded(fn, *args):
+    with fingerprint.record() as ran:
+        fn(*args)
+    return ran.manifest()
+
+
+def test_a_file_edited_while_its_code_runs_never_matches(tmp_path, monkeypatch):
+    user = _module(tmp_path, monkeypatch, "fp_edited", "def f(x):\n    return x * 10\n")
+    (tmp_path / "fp_edited.py").write_text("def f(x):\n    return x * 11\n")  # the process still runs x * 10
+    manifest = _recorded(user.f, 3)
+    assert manifest["unverifiable"] and not fingerprint.unchanged(manifest)
+    (tmp_path / "fp_edited.py").write_text("def f(x):\n    return x *\n")  # broken: not dropped either
+    assert not fingerprint.unchanged(_recorded(user.f, 3))
+
+
+def test_code_run_in_a_thread_the_computation_starts_is_recorded(tmp_path, monkeypatch):
+    import threading
+
+    user = _module(tmp_path, monkeypatch, "fp_threaded", "def helper(out):\n    out.append(1)\n")
+
+    def work():
+        out = []
+        thread = threading.Thread(target=user.helper, args=(out,))
+        thread.start()
+        thread.join()
+
+    assert "helper" in _recorded(work)["modules"]["fp_threaded"]["units"]
+
+
+def test_constants_of_imported_modules_and_defs_under_if_are_covered(tmp_path, monkeypatch):
+    _module(tmp_path, monkeypatch, "fp_consts", "SCALE = 2\n")
+    user = _module(tmp_path, monkeypatch, "fp_user", "import sys\nfrom fp_consts import SCALE\n\n"
+                   "if sys.version_info >= (3,):\n    def f(x):\n        return x * SCALE\n")
+    manifest = _recorded(user.f, 3)
+    assert "fp_consts" in manifest["modules"] and "f" in manifest["modules"]["fp_user"]["units"]
+    assert fingerprint.unchanged(manifest)
+    (tmp_path / "fp_consts.py").write_text("SCALE = 3\n")
+    assert not fingerprint.unchanged(manifest)
+    (tmp_path / "fp_consts.py").write_text("SCALE = 2\n")
+    (tmp_path / "fp_user.py").write_text((tmp_path / "fp_user.py").read_text().replace("x * SCALE", "x + SCALE"))
+    assert not fingerprint.unchanged(manifest)
+
+
+def test_a_name_defined_twice_still_matches_itself(tmp_path, monkeypatch):
+    user = _module(tmp_path, monkeypatch, "fp_twice", "class P:\n    @property\n    def v(self):\n        return 1\n\n"
+                   "    @v.setter\n    def v(self, value):\n        pass\n")
+    manifest = _recorded(lambda: user.P().v)
+    assert fingerprint.unchanged(manifest)
+
+
+def test_a_class_without_a_source_file_is_identified_by_its_bytecode():
+    def define(body):
+        namespace = {}
+        exec(compile(f"class Net:\n    def forward(self, x):\n        return {body}\n", "<notebook cell>", "exec"),
+             namespace)
+        return namespace["Net"]
+
+    assert fingerprint.code(define("x * 2")) != fingerprint.code(define("x * 3"))
+    assert fingerprint.code(define("x * 2")) == fingerprint.code(define("x * 2"))
+
+
+def test_a_private_generator_made_without_a_seed_gets_ours_and_is_flagged(trained, batch):
+    x, y = batch
+    draws = []
+    for seed in (4, 4, 5):
+        attack = _Draws(lambda a: (np.random.RandomState().rand(), np.random.default_rng().random()), seed=seed)
+        attack(trained, x, y)
+        draws.append(attack.seen[0])
+        assert attack.batch_invariant is False
+    assert draws[0] == draws[1] != draws[2]
+
+
+def test_a_loaded_models_identity_does_not_depend_on_where_the_suite_lies(tmp_path, trained):
+    from benchmark import sources
+    from test_own_models import FACTORIES, _factory_state, _suite
+
+    identities = []
+    for where in ("a", "b"):
+        folder = tmp_path / where
+        folder.mkdir()
+        (folder / "facs.py").write_text(FACTORIES)
+        torch.save(_factory_state(trained), folder / "net.pt")
+        path = _suite(folder, 'checkpoint = "net.pt"\nfactory = "facs:build"')
+        identities.append(sources.load(runner.load(path).models["mine"].entry, 10).identity)
+    assert identities[0] == identities[1]
+
+
+def test_gate_compares_like_for_like_when_the_run_holds_more(gated, tmp_path, capsys):
+    def fewer(results, examples):
+        keep = [c for c in results["cells"] if c["seed"] != 2 and c["size"] == 50]
+        return {**results, "cells": keep}, examples[(examples["seed"] != 2) & (examples["position"] < 50)]
+
+    baseline = _copy(gated, tmp_path / "fewer", fewer)
+    code, out = _gate(capsys, gated, baseline)  # the run has another seed and a larger size
+    assert code == 0 and "0 found" in out

@@ -320,7 +320,7 @@ def _bad_checkpoint_cases(tmp_path, trained):
     torch.save(trained, tmp_path / "pickled.pt")
     return {
         "missing": ('checkpoint = "nope.pt"\narch = "small-cnn"', f"checkpoint not found: {tmp_path / 'nope.pt'}"),
-        "unreadable": ('checkpoint = "folder.pt"\narch = "small-cnn"', "cannot read checkpoint"),
+        "unreadable": ('checkpoint = "folder.pt"\narch = "small-cnn"', "is not a regular file"),
         "corrupted": ('checkpoint = "truncated.pt"\narch = "small-cnn"', "is corrupted or not a state dict"),
         "keys": ('checkpoint = "facs.pt"\narch = "small-cnn"',
                  "does not fit arch 'small-cnn': missing net.0.bias, net.0.weight, net.3.bias and 3 more; "

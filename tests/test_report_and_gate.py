@@ -94,10 +94,12 @@ def test_gate_bad_input_exits_2(tmp_path, capsys):
 
 
 def test_smoke_suite_passes_the_gate_against_the_committed_baseline(tmp_path, capsys):
-    """The smoke suite end to end on the CPU, then the regression gate against reports/baselines."""
+    """The smoke suite end to end on the CPU, then the regression gate against the committed baseline folder, as
+    each tox env does."""
     out = tmp_path / "smoke"
     assert main(["run", str(REPO / "suites" / "smoke.toml"), "--out", str(out), "--device", "cpu"]) == 0
-    assert main(["check", str(out), "--baseline", str(REPO / "reports" / "baselines" / "smoke-cpu.json")]) == 0
+    assert main(["check", str(out), "--baseline", str(REPO / "reports" / "baselines" / "smoke-cpu")]) == 0
+    assert "McNemar exact (paired), paired bootstrap" in capsys.readouterr().out  # the baseline has examples.csv
 
 
 def test_comparison_matches_cells_by_name_not_by_position():

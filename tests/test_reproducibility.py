@@ -159,12 +159,13 @@ def test_keys_hash_resolved_defaults_not_the_spelling(tiny_suite, tmp_path, monk
 def test_keys_carry_device_and_library_versions(tiny_suite):
     suite = load(tiny_suite())
     data = runner.prepare_data(suite, None)
-    ctx = {d: runner.Context(suite, data, torch.device(d), None, {"torch": "1", "torchvision": "2",
+    ctx = {d: runner.Context(suite, data, torch.device(d), None, {"torch": "1", "torchvision": "2", "python": "3.11",
            "art": "3", "torchattacks": "4", "numpy": "5", "pillow": "6", "pandas": "7"}) for d in ("cpu", "cuda")}
     assert ctx["cpu"].made_with("model")["device"] == "cpu" and ctx["cuda"].made_with("attack")["device"] == "cuda"
     assert ctx["cpu"].made_with("model")["data"] == data.identity["pixels"]
     assert set(ctx["cpu"].made_with("model")["versions"]) == {"torch", "torchvision"}  # an ART upgrade: no retrain
-    assert set(ctx["cpu"].made_with("attack")["versions"]) == {"torch", "torchvision", "art", "torchattacks", "numpy"}
+    assert set(ctx["cpu"].made_with("attack")["versions"]) == {"python", "torch", "torchvision", "art", "torchattacks",
+                                                               "numpy"}  # Python: `random` in ART's attacks
     assert runner._precision(ctx["cuda"], True) == "bf16-autocast" and runner._precision(ctx["cuda"], False) == "fp32"
 
 
