@@ -8,10 +8,11 @@ Then, per (model, attack):
   repeat the test on less evidence): paired per image where both folders have examples.csv, McNemar's exact test
   on each distinct test image's correctness; otherwise Fisher's exact test on the two pooled counts, which
   ignores the pairing and so errs on the side of passing. A regression is a drop with p < alpha.
-- ratio, the paper's ADV/ORIG (mean over sizes of ADV / ORIG on seed means): the difference run - baseline with
-  its percentile bootstrap interval at level 1 - alpha, paired (the same images resampled in both runs) where both
-  have examples.csv, else from independent bootstraps of each run. A regression is an interval below zero; its p
-  is the bootstrap's two-sided share of replicates on the other side of zero.
+- ratio, the paper's ADV/ORIG (mean over sizes of ADV / ORIG on seed means): where both folders have examples.csv,
+  a paired sign-flip randomization test (each image's run and baseline outcomes swapped at random, as McNemar's
+  test does for an accuracy: a few images that all moved one way are not significant); a regression is a drop
+  with p < alpha. Otherwise the difference's percentile interval at level 1 - alpha from independent bootstraps
+  of each run; a regression is an interval below zero.
 `either_way` also fails significant rises (an attack grown weaker changes a benchmark as much as a stronger
 one). `tolerance` replaces the tests by an absolute bound on the change (fractions for accuracies, ratio units).
 Exit 0: no regression; 1: a regression (cells printed with the metric, both values and p); 2: bad input.
@@ -121,8 +122,7 @@ def _ratio_replicates(run: dict, baseline: dict, run_examples: pd.DataFrame | No
         if joint is None:
             out[key] = mine[key].ratio - theirs[key].ratio, "unpaired bootstrap"
             continue
-        acc = stats.paired_accuracies(joint, sizes, stats.generator(*key, "check"))
-        out[key] = stats.ratio_of(acc, 0) - stats.ratio_of(acc, 1), "paired bootstrap"
+        out[key] = stats.sign_flip_ratio_test(joint, sizes, stats.generator(*key, "check")), "paired sign-flip"
     return out
 
 
@@ -165,16 +165,19 @@ def _ratio_rows(run: dict, baseline: dict, *, alpha: float, tolerance: float | N
     rows = []
     for key, group in cells(baseline).groupby(["model", "attack"], sort=False):
         diff, how = replicates[key]
-        observed = float(diff[0])
         base_ratio = float(_paper_ratio(group))
+        paired = how == "paired sign-flip"
+        observed, p = diff if paired else (float(diff[0]), float("nan"))
         if tolerance is not None:
             test, p = f"|change| > {tolerance:g}", float("nan")
             flagged = (abs(observed) if either_way else -observed) > tolerance + 1e-12
+        elif paired:
+            test = "sign-flip randomization (paired)"
+            flagged = p < alpha and (observed < 0 or either_way) and observed != 0
         else:
             tail = 100 * alpha / 2
             lo, hi = np.nanpercentile(diff[1:], [tail, 100 - tail])
-            above, below = np.mean(diff[1:] >= 0), np.mean(diff[1:] <= 0)
-            p = float(min(1.0, 2 * min(above, below)))
+            p = float(min(1.0, 2 * min(np.mean(diff[1:] >= 0), np.mean(diff[1:] <= 0))))
             test = f"{how} ({100 * (1 - alpha):g}% interval [{lo:+.3f}, {hi:+.3f}])"
             flagged = bool(hi < 0 or (either_way and lo > 0))
         rows.append({"model": key[0], "attack": key[1], "size": "mean over sizes", "metric": "ratio",

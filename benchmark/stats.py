@@ -290,6 +290,31 @@ def paired_accuracies(joint: np.ndarray, sizes: Sequence[int], rng: np.random.Ge
     return 100 * resample(joint, sizes, rng).mean(axis=2)
 
 
+def sign_flip_ratio_test(joint: np.ndarray, sizes: Sequence[int], rng: np.random.Generator,
+                         replicates: int = REPLICATES) -> tuple[float, float]:
+    """Paired randomization test of ratio(first cell) - ratio(second cell) on joint outcomes (seeds, positions,
+    4): under no difference the two cells' outcomes of an image are exchangeable, so each image's pair is swapped
+    with probability 1/2. Returns the observed difference and the two-sided p-value (the share of swaps at least
+    as far from zero, the observed one counted). Like McNemar's test for an accuracy, it needs discordant images
+    in one direction to be many, not merely present: k images all one way give p = 2 * 0.5**k at best."""
+    sizes = sorted(sizes)
+    ends = np.asarray(sizes) - 1
+
+    def ratio_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # (..., seeds, positions, 2) each
+        acc = [np.cumsum(x, axis=-2)[..., ends, :] / np.asarray(sizes)[:, None] for x in (a, b)]
+        # seed means per size, then the mean over sizes of ADV / ORIG: the paper's ratio
+        ratio = [(m[..., 1].mean(axis=-2) / m[..., 0].mean(axis=-2)).mean(axis=-1) for m in acc]
+        return ratio[0] - ratio[1]
+
+    a, b = joint[..., :2].astype(np.int32), joint[..., 2:].astype(np.int32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        observed = float(ratio_difference(a, b))
+        swap = rng.random((replicates, *joint.shape[:2], 1)) < 0.5
+        null = ratio_difference(np.where(swap, b, a), np.where(swap, a, b))
+    p = (1 + np.sum(np.abs(null) >= abs(observed) - 1e-12)) / (1 + replicates)
+    return observed, float(min(1.0, p))
+
+
 def ratio_of(acc: np.ndarray, cell: int) -> np.ndarray:
     """The paper's ratio (mean over sizes of ADV / ORIG) of column pair `cell` of paired_accuracies' output."""
     with np.errstate(invalid="ignore", divide="ignore"):

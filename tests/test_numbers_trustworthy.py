@@ -465,7 +465,7 @@ def _planted_drop(attack: str, share: float):
 def test_gate_fails_a_ratio_drop_and_names_the_metric(gated, tmp_path, capsys):
     run = _copy(gated, tmp_path / "weaker", _planted_drop("fgsm", 0.6))
     code, out = _gate(capsys, run, gated)
-    assert code == 1 and "paired bootstrap" in out
+    assert code == 1 and "sign-flip randomization (paired)" in out
     failed = [line for line in out.splitlines() if line.startswith("|") and "fgsm" in line]
     assert any("| ratio " in line for line in failed) and any("| adv_acc " in line for line in failed)
     assert "jsma" not in "".join(failed)
@@ -473,7 +473,7 @@ def test_gate_fails_a_ratio_drop_and_names_the_metric(gated, tmp_path, capsys):
 
 
 def test_paired_gate_catches_drops_the_unpaired_fallback_misses(gated, tmp_path, capsys):
-    run = _copy(gated, tmp_path / "slightly-weaker", _planted_drop("fgsm", 0.12))
+    run = _copy(gated, tmp_path / "slightly-weaker", _planted_drop("fgsm", 0.2))
     paired, _ = _gate(capsys, run, gated)
     bare = tmp_path / "bare.json"
     bare.write_text((gated / "results.json").read_text())  # no examples.csv: Fisher and unpaired bootstraps

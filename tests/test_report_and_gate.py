@@ -99,7 +99,7 @@ def test_smoke_suite_passes_the_gate_against_the_committed_baseline(tmp_path, ca
     out = tmp_path / "smoke"
     assert main(["run", str(REPO / "suites" / "smoke.toml"), "--out", str(out), "--device", "cpu"]) == 0
     assert main(["check", str(out), "--baseline", str(REPO / "reports" / "baselines" / "smoke-cpu")]) == 0
-    assert "McNemar exact (paired), paired bootstrap" in capsys.readouterr().out  # the baseline has examples.csv
+    assert "McNemar exact (paired), sign-flip randomization (paired)" in capsys.readouterr().out  # examples.csv
 
 
 def test_comparison_matches_cells_by_name_not_by_position():
