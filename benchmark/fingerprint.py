@@ -212,11 +212,16 @@ def _as_on_disk(code: types.CodeType) -> bool:
 
 
 def _compiled(path: str) -> dict[str, set] | None:
+    return _current(_compiled_file, path)
+
+
+def _current(reader, path: str):
+    """`reader(path, mtime, size)`, cached per file version: a file edited since is read again."""
     try:
         stat = os.stat(path)
     except OSError:
         return None
-    return _compiled_file(path, stat.st_mtime_ns, stat.st_size)
+    return reader(path, stat.st_mtime_ns, stat.st_size)
 
 
 @lru_cache(maxsize=256)
@@ -266,12 +271,8 @@ def _module_file(module: str, recorded: str) -> str:
     return path if path and os.path.isfile(path) else recorded
 
 
-def _parse(path: str) -> tuple[str, list[tuple[int, int, str, str]]] | None:
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return _parse_file(path, stat.st_mtime_ns, stat.st_size)
+def _parse(path: str) -> tuple[str, list[tuple[int, int, str, str]], list[str]] | None:
+    return _current(_parse_file, path)
 
 
 @lru_cache(maxsize=256)
