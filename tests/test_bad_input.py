@@ -394,8 +394,10 @@ def test_ctrl_c_says_what_was_kept(tmp_path, tiny_suite):
     assert _interrupt(tmp_path, slow, "train base") == (
         "interrupted; nothing was finished yet, so nothing is kept (base training checkpoints at the end of an "
         "epoch, at most once a minute)")
-    slow.write_text(slow.read_text().replace("epochs = 500", "epochs = 2").replace("gamma = 0.01", "gamma = 0.9"))
-    line = _interrupt(tmp_path, slow, "jsma on base")
+    # Base model and adversarial set finished, then a fine-tune long enough to be interrupted in.
+    slow.write_text(slow.read_text().replace("epochs = 500", "epochs = 2").replace(
+        'schedule = "slow-start-fast-decay"', 'schedule = "slow-start-fast-decay"\nepochs = 2000'))
+    line = _interrupt(tmp_path, slow, "fine-tune aft-fgsm")
     assert line.startswith("interrupted; kept in the store: ") and "finished node(s)" in line
     assert line.endswith("; a rerun resumes from them")
 
