@@ -512,7 +512,7 @@ def build_adversarial_set(ctx: Context, spec: ModelSpec) -> tuple[str, dict]:
         return get_attack(attack_entry["adapter"],
                           **{"seed": e["seed"], **{k: v for k, v in attack_entry.items() if k != "adapter"}})
 
-    def compute(batch: int) -> dict:
+    def compute(batch: int, key: str) -> dict:
         xs, ys = (ctx.data.train_x, ctx.data.train_y) if e["split"] == "train" else (ctx.data.test_x,
                                                                                      ctx.data.test_y)
         dev_idx, perturb = idx.to(ctx.device), attack()
@@ -520,7 +520,7 @@ def build_adversarial_set(ctx: Context, spec: ModelSpec) -> tuple[str, dict]:
         adv = evaluate.attack_images(perturb, load_model(ctx, spec.parent), xs[dev_idx], ys[dev_idx], batch,
                                      desc=f"perturb {e['images']} for {spec.name}")
         tensors = {"images": adv, "labels": ys[dev_idx], "indices": idx}
-        ctx.store.put_tensors("adversarial-sets", key_at(batch), tensors)
+        ctx.store.put_tensors("adversarial-sets", key, tensors)
         return {"hash": tensors_hash(tensors), "attack": e["attack"], "n": len(idx), **provenance,
                 "batch_invariant": perturb.batch_invariant, "attack_batch_size": batch}
 
@@ -529,9 +529,11 @@ def build_adversarial_set(ctx: Context, spec: ModelSpec) -> tuple[str, dict]:
                        "parent": [parent["key"], parent["weights"]], "split": e["split"], "indices": idx.tolist(),
                        "attack_batch": batch, **ctx.made_with("attack")})[:24]
 
-    return evaluate.halving_on_oom(ctx.suite.eval_batch_size, lambda batch: (key_at(batch), cached(
-        ctx, "adversarial-set-info", key_at(batch), partial(compute, batch), tensors="adversarial-sets")),
-        desc=f"perturb {e['images']} for {spec.name}")
+    def at(batch: int) -> tuple[str, dict]:
+        key = key_at(batch)  # builds the attack for its parameters: once per attempt
+        return key, cached(ctx, "adversarial-set-info", key, partial(compute, batch, key), tensors="adversarial-sets")
+
+    return evaluate.halving_on_oom(ctx.suite.eval_batch_size, at, desc=f"perturb {e['images']} for {spec.name}")
 
 
 def finetune(ctx: Context, spec: ModelSpec, key: str, adv_key: str, adv_info: dict) -> dict:
