@@ -99,7 +99,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         suite = load(args.suite)
         sources.check(suite)  # reads checkpoints and imports factories: what can be found without running
-        print(json.dumps(suite.plan(), indent=2))
+        # The suite as it runs: every `extends` merged in, the files it came from.
+        print(json.dumps({**suite.plan(), "files": suite.chain, "merged_suite": suite.raw}, indent=2))
         return 0
     if args.command == "attacks":
         from adapters import catalog

@@ -253,8 +253,8 @@ def write_run(work: Work, plan: Plan, outcome: Outcome, out: Path, executor: dic
     jobs = [job for job, _ in plan.evaluations]
     outcomes = [outcome.values[node] for _, node in plan.evaluations]
     rows = summarize(suite, model_info, len(data.classes), jobs, outcomes)
-    results = {"suite": suite.raw, "suite_name": suite.name, "suite_hash": suite.hash, "profile": suite.profile,
-               "plan": suite.plan(), "data": data.identity, "device": executor["device"], "executor": executor,
+    results = {"suite": suite.raw, "suite_files": suite.chain, "suite_name": suite.name, "suite_hash": suite.hash,
+               "profile": suite.profile, "plan": suite.plan(), "data": data.identity, "device": executor["device"], "executor": executor,
                "versions": work.versions, "git_commit": env.git_commit(),
                "models": model_info, "reference": suite.reference, "classes": data.classes, "cells": rows}
     examples.write(out / examples.FILE, jobs, outcomes)  # first: a results.json always has its examples

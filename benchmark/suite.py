@@ -19,7 +19,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from benchmark import sources
+from benchmark import extends, sources
 from benchmark.data import SOURCES, SYNTHETIC_SIZE, resolved
 from benchmark.errors import UserError
 from benchmark.evaluate import BATCH as ATTACK_BATCH
@@ -82,6 +82,7 @@ class Suite:
     seeds: list[int]
     eval_batch_size: int  # the attack batch: rounding can follow it, so keys carry it
     reference: dict[str, Any] = field(default_factory=dict)
+    chain: list[str] = field(default_factory=list)  # the suite file, then each file it extends
 
     def root(self, name: str) -> ModelSpec:
         """The base model a model descends from (itself for a base model)."""
@@ -114,18 +115,12 @@ def digest(obj: Any) -> str:
 
 
 def load(path: str | Path) -> Suite:
+    """A suite file, with every `extends` it names merged in (benchmark.extends)."""
     path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{path} is a directory, not a suite file (pick one of its .toml files)")
-    if not path.is_file():
-        raise UserError(f"suite file not found: {path}")
-    try:
-        raw = tomllib.loads(path.read_bytes().decode("utf-8-sig"))  # a byte-order mark, as editors write, is dropped
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{path}: malformed TOML: {exc}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a text file") from None
-    return parse(raw, path)
+    raw, chain = extends.resolve(path)
+    suite = parse(raw, path)
+    suite.chain = chain
+    return suite
 
 
 def parse(raw: dict[str, Any], path: Path) -> Suite:

@@ -96,7 +96,7 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs:
     for epoch in range(first_epoch, epochs):
         model.train()
         order = torch.randperm(len(images), generator=generator).to(device)
-        loss_sum = torch.zeros((), device=device)
+        loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
         for start in range(0, len(images), batch_size):
             idx = order[start:start + batch_size]
             x = to_float(images[idx])
@@ -107,14 +107,17 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs:
             for group in optimizer.param_groups:
                 group["lr"] = schedule.at(step, total)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and mixed_precision):
-                loss = nn.functional.cross_entropy(model(x), labels[idx])
+                logits = model(x)
+                loss = nn.functional.cross_entropy(logits, labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach() * len(idx)  # stays on the device: no sync per step
+            correct += (logits.detach().argmax(1) == labels[idx]).sum()  # on the augmented batch, as it trains
             step += 1
             bar.update()
-        record = {"epoch": epoch + 1, "train_loss": float(loss_sum) / len(images)}
+        record = {"epoch": epoch + 1, "train_loss": float(loss_sum) / len(images),
+                  "train_acc": float(correct) / len(images)}
         if val is not None:
             record["val_loss"], record["val_acc"] = evaluate_loss(model, *val)
             if record["val_loss"] < best_loss:
