@@ -1,40 +1,17 @@
 """Attacks behind one interface: `get_attack(name, **params)(model, images, labels) -> adversarial images`.
 
-Names: `torchattacks.<Class>`, `art.<Class>` and the in-house `jsma-origin`. See adapters.base for the contract.
+Names: `torchattacks.<Class>`, `art.<Class>`, the in-house `jsma-origin`, and any family another package
+registers (adapters.families). Layout, lowest first (a module imports only those above it in this list):
+- rng.py: per-image random streams and the global-RNG guard every attack runs under;
+- base.py: the Attack contract (float NCHW in [0,1], `space`, `seed`, `describe()`), parameter checks;
+- registry.py: named components open to entry points (also used by benchmark's registries);
+- families.py: the attack-family registry and `get_attack`;
+- jsma_origin.py, via_torchattacks.py, via_art.py: one family each, registered where defined;
+- catalog.py: what runs here, trial runs of parameters, the `attacks` listing.
 """
 from __future__ import annotations
 
-from typing import Any
-
 from adapters.base import Attack
+from adapters.families import attack_family, get_attack
 
-IN_HOUSE = ("jsma-origin",)
-
-
-def get_attack(name: str, **params: Any) -> Attack:
-    """Build an attack; an unknown name or parameter raises ValueError listing the valid ones."""
-    family, _, cls_name = name.partition(".")
-    if name == "jsma-origin":
-        from adapters.base import check_params
-        from adapters.jsma_origin import PARAMETERS, JsmaOrigin
-
-        check_params(name, params, PARAMETERS)
-        return JsmaOrigin(**params)
-    if family == "torchattacks" and cls_name:
-        from adapters.via_torchattacks import TorchattacksAttack
-
-        return TorchattacksAttack(cls_name, **params)
-    if family == "art" and cls_name:
-        from adapters.via_art import ArtAttack
-
-        return ArtAttack(cls_name, **params)
-    raise ValueError(f"unknown attack {name!r}; valid: jsma-origin, torchattacks.<Class>, art.<Class> "
-                     "(list them with `python -m benchmark attacks`)")
-
-
-def list_attacks() -> dict[str, dict[str, Any]]:
-    """Every attack that runs here, with its parameters and defaults (`space` and `seed` apply to all); see
-    adapters.catalog."""
-    from adapters.catalog import runnable
-
-    return {name: dict(params) for name, params in runnable().items()}
+__all__ = ["Attack", "attack_family", "get_attack"]

@@ -109,8 +109,11 @@ def _time_limit(seconds: float) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _quiet_and_stateless() -> Iterator[None]:
-    """No warnings or toolkit log lines on stderr, and every global RNG (torch, numpy, random) as it was."""
+    """No warnings or toolkit log lines on stderr, and every global RNG (torch, numpy, random) as it was; so too
+    torch's grad mode and TF32 flags, which a time limit landing inside a toolkit's `with torch.no_grad()` (after
+    it set the mode, before its `__exit__` was armed) would otherwise leave switched off for every later call."""
     np_state, py_state = np.random.get_state(), random.getstate()
+    grad, tf32 = torch.is_grad_enabled(), (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     art_log = logging.getLogger("art")
     level = art_log.level
     art_log.setLevel(logging.ERROR)
@@ -122,6 +125,8 @@ def _quiet_and_stateless() -> Iterator[None]:
         art_log.setLevel(level)
         np.random.set_state(np_state)
         random.setstate(py_state)
+        torch.set_grad_enabled(grad)
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 def trial(attack: Attack, seconds: float = 1.0) -> None:
@@ -148,17 +153,12 @@ def describe_failure(exc: BaseException) -> str:
 
 
 def candidates() -> dict[str, dict[str, Any]]:
-    """Every attack name the adapters accept, with its parameters and defaults (REQUIRED where none)."""
-    from adapters import via_art, via_torchattacks
-    from adapters.jsma_origin import PARAMETERS
+    """Every attack name the registered families accept, with its parameters and defaults (REQUIRED where none)."""
+    from adapters.families import ATTACK_FAMILIES
 
-    out: dict[str, dict[str, Any]] = {"jsma-origin": dict(PARAMETERS)}
-    common = {"space": "pixel", "seed": 0}
-    for cls_name in sorted(via_torchattacks.classes()):
-        out[f"torchattacks.{cls_name}"] = {**via_torchattacks.parameters(cls_name), **common}
-    for cls_name in sorted(via_art.classes()):
-        if via_art.unsupported(cls_name) is None:
-            out[f"art.{cls_name}"] = {**via_art.parameters(cls_name), **common}
+    out: dict[str, dict[str, Any]] = {}
+    for _, family in ATTACK_FAMILIES.items():
+        out.update(family.members())
     return out
 
 

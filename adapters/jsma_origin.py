@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from adapters.base import Attack, check_params
+from adapters.families import attack_family
 
 MODES = ("iterative", "paper-code")
 PARAMETERS = {"mode": "iterative", "theta": 1.0, "gamma": 0.1, "top_k": 32, "max_steps": None, "batch_size": None,
@@ -140,3 +141,9 @@ def _two_grads(z_y: torch.Tensor, logits: torch.Tensor, x: torch.Tensor) -> tupl
     grad_y = torch.autograd.grad(z_y.sum(), x, retain_graph=True)[0]
     grad_all = torch.autograd.grad(logits.sum(), x)[0]
     return grad_y, grad_all
+
+
+@attack_family("jsma-origin", members=lambda: {"jsma-origin": dict(PARAMETERS)})
+def build(member: None, **params: Any) -> JsmaOrigin:
+    check_params("jsma-origin", params, PARAMETERS)
+    return JsmaOrigin(**params)

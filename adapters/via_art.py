@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from adapters.base import Attack, check_params, signature_defaults
+from adapters.families import attack_family
 from adapters.rng import image_generators
 
 TARGET_RULES = ("random", "next", "least-likely")
@@ -130,3 +131,14 @@ class ArtAttack(Attack):
     def describe(self) -> dict[str, Any]:
         own = {k: v for k, v in parameters(self.cls_name).items() if k not in HOW_NOT_WHAT}
         return {**own, **self.params, "targets": self.targets, **super().describe()}
+
+
+def members() -> dict[str, dict[str, Any]]:
+    """ART's evasion attacks that can run through this adapter, with parameters and defaults."""
+    return {f"art.{c}": {**parameters(c), "space": "pixel", "seed": 0} for c in sorted(classes())
+            if unsupported(c) is None}
+
+
+@attack_family("art", prefixed=True, members=members)
+def build(member: str, **params: Any) -> ArtAttack:
+    return ArtAttack(member, **params)

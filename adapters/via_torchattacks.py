@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from adapters.base import Attack, check_params, signature_defaults
+from adapters.families import attack_family
 
 
 def _module():
@@ -69,3 +70,12 @@ class TorchattacksAttack(Attack):
 
     def describe(self) -> dict[str, Any]:
         return {**self.defaults, **self.params, **super().describe()}
+
+
+def members() -> dict[str, dict[str, Any]]:
+    return {f"torchattacks.{c}": {**parameters(c), "space": "pixel", "seed": 0} for c in sorted(classes())}
+
+
+@attack_family("torchattacks", prefixed=True, members=members)
+def build(member: str, **params: Any) -> TorchattacksAttack:
+    return TorchattacksAttack(member, **params)

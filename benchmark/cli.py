@@ -28,8 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "that holds one folder per suite (default: runs)")
     run.add_argument("--store", help="artefact store (default: runs/artefacts; OUT/artefacts with --out); on a "
                                      "cluster, a folder every worker can read and write")
-    run.add_argument("--executor", choices=("local", "ray"), default="local",
-                     help="local (default): this process; ray: Ray actors, one per GPU or CPU (pip install '.[ray]')")
+    run.add_argument("--executor", default="local",
+                     help="local (default): this process; ray: Ray actors, one per GPU or CPU (pip install '.[ray]'); "
+                          "others as registered (benchmark.executor)")
     run.add_argument("--address", help="with --executor ray: join this running Ray cluster ('auto' or HOST:PORT) "
                                        "instead of starting a local instance")
     run.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
@@ -81,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _kept() -> str:
-    """What an interrupted run leaves for a rerun, from what this process stored (runner.KEPT)."""
-    runner = sys.modules.get("benchmark.runner")
-    kept = runner.KEPT if runner is not None else {"nodes": 0, "checkpoints": {}}
+    """What an interrupted run leaves for a rerun, from what this process stored (context.KEPT)."""
+    context = sys.modules.get("benchmark.context")
+    kept = context.KEPT if context is not None else {"nodes": 0, "checkpoints": {}}
     parts = [f"{kept['nodes']} finished node(s)"] if kept["nodes"] else []
     parts += [f"the training checkpoint of {name} after epoch {epoch}" for name, epoch in kept["checkpoints"].items()]
     if not parts:
@@ -94,11 +95,11 @@ def _kept() -> str:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "validate":
-        from benchmark import sources
+        from benchmark import preflight
         from benchmark.suite import load
 
         suite = load(args.suite)
-        sources.check(suite)  # reads checkpoints and imports factories: what can be found without running
+        preflight.check_loaded(suite)  # reads checkpoints and imports factories: what can be found without running
         # The suite as it runs: every `extends` merged in, the files it came from.
         print(json.dumps({**suite.plan(), "files": suite.chain, "merged_suite": suite.raw}, indent=2))
         return 0
@@ -116,14 +117,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         from benchmark.runner import run_suites
         from benchmark.suite import load
 
-        if args.address and args.executor != "ray":
-            raise UserError("--address needs --executor ray")
         suites = [load(path) for path in args.suites]
         # --out: the suite's folder, or the folder of several suites' folders; the store's default follows it
         outs = None
         if args.out:
             outs = [Path(args.out)] if len(suites) == 1 else [Path(args.out) / s.name for s in suites]
-        executor = _executor(args)
+        from benchmark.executor import EXECUTORS
+
+        make = EXECUTORS.get(args.executor)
+        if make is None:
+            raise UserError(f"unknown executor {args.executor!r}; valid: {', '.join(EXECUTORS.names())}")
+        executor = make(args.address)
         try:
             frames = run_suites(suites, outs, device=args.device, data_dir=args.data_dir, executor=executor,
                                 store=args.store)
@@ -155,15 +159,3 @@ def _dispatch(args: argparse.Namespace) -> int:
                         out=Path(args.out) if args.out else None))
         return 0
     raise AssertionError(args.command)
-
-
-def _executor(args: argparse.Namespace):
-    if args.executor == "local":
-        from benchmark.executor import LocalExecutor
-
-        return LocalExecutor()
-    try:
-        from benchmark.ray_executor import RayExecutor
-    except ImportError:
-        raise UserError("--executor ray needs Ray: pip install '.[ray]' (or pip install ray)") from None
-    return RayExecutor(args.address)

@@ -13,6 +13,7 @@ import tarfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -27,6 +28,17 @@ SOURCES = ("cifar10", "cifar100", "folder", "synthetic")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 SYNTHETIC_SIZE = (5000, 2000)  # train, test: the synthetic source's default
+
+
+class Shape(NamedTuple):
+    train: int
+    test: int
+    classes: int
+
+
+# What is known of a source before loading it (the synthetic source's split sizes are the suite's).
+KNOWN_SHAPES = {"cifar10": Shape(50000, 10000, 10), "cifar100": Shape(50000, 10000, 100),
+                "synthetic": Shape(*SYNTHETIC_SIZE, 10)}
 
 
 def resolved(path: str | os.PathLike) -> Path:

@@ -21,7 +21,7 @@ COLUMNS = ["model", "attack", "attack_family", "seed", "position", "index", "lab
 
 
 def frame(jobs: Iterable, outcomes: Iterable[dict]) -> pd.DataFrame:
-    """One row per image of each evaluation; `jobs` are runner.Evaluation (model, attack spec, seed) and
+    """One row per image of each evaluation; `jobs` are context.Evaluation (model, attack spec, seed) and
     `outcomes` the per-image lists evaluate.run_evaluation returns, with the evaluated `indices`."""
     parts = []
     for job, outcome in zip(jobs, outcomes):

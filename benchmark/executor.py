@@ -5,7 +5,9 @@
     executor.describe() -> dict                   # for results.json: kind, device (as the workers name it), ...
 
 `LocalExecutor` (the default) runs the nodes one after another in this process with torch's thread count;
-`benchmark.ray_executor.RayExecutor` runs them on a pool of Ray actors (imported only when asked for). A node
+`benchmark.ray_executor.RayExecutor` runs them on a pool of Ray actors (imported only when asked for). Executors
+are registered by name (`--executor NAME`): `@executor("name")` on a factory `fn(address=None) -> Executor`, here
+or in another package's module under the entry-point group `adv_transfer_bench.executors`. A node
 that raises fails itself and what depends on it; everything else still runs and is kept, then the runner reports
 the failure.
 """
@@ -17,8 +19,17 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
+from adapters.registry import Registry
 from benchmark import env
+from benchmark.errors import UserError
 from benchmark.graph import Node, Outcome, Work, one_line, order
+
+EXECUTORS = Registry("executor", group="adv_transfer_bench.executors")
+
+
+def executor(name: str):
+    """Register the decorated factory `fn(address: str | None) -> Executor` as `--executor name`."""
+    return EXECUTORS.register(name)
 
 
 class Executor(Protocol):
@@ -63,3 +74,19 @@ class LocalExecutor:
 
     def close(self) -> None:
         pass
+
+
+@executor("local")
+def _local(address: str | None = None) -> LocalExecutor:
+    if address:
+        raise UserError("--address needs --executor ray")
+    return LocalExecutor()
+
+
+@executor("ray")
+def _ray(address: str | None = None):
+    try:
+        from benchmark.ray_executor import RayExecutor
+    except ImportError:
+        raise UserError("--executor ray needs Ray: pip install '.[ray]' (or pip install ray)") from None
+    return RayExecutor(address)

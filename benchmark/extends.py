@@ -8,7 +8,7 @@
 Tables merge key by key, at every depth; any other value (a number, a string, a list) set again replaces the
 inherited one whole. `drop` is applied to the inherited suite before the overlay's own keys go on, so an overlay
 can drop a table and define it anew. Paths the parent gives relative to its own folder (data.path,
-reference.file, a model's checkpoint and model_dir) are rebased onto the overlay's folder, so they keep naming
+reference.file, a model's checkpoint, model_dir and pretrained) are rebased onto the overlay's folder, so they keep naming
 the same file. The overlay's name defaults to its own file's stem, never the parent's. Cycles and missing files
 are refused in one line. As lm-evaluation-harness's `include` does for task YAML; written here because TOML has
 no include of its own.
@@ -25,7 +25,7 @@ from benchmark.errors import UserError
 
 # (table path, key) of the values that are paths relative to the suite's folder.
 PATH_KEYS = (("data", "path"), ("reference", "file"))
-MODEL_PATH_KEYS = ("checkpoint", "model_dir")
+MODEL_PATH_KEYS = ("checkpoint", "model_dir", "pretrained")
 
 
 def read_toml(path: Path) -> dict[str, Any]:

@@ -24,7 +24,7 @@ class Node:
 
 
 class Work(Protocol):
-    """What a suite's nodes need wherever they run (runner.Work): `context()` builds the runner's context for
+    """What a suite's nodes need wherever they run (context.Work): `context()` builds the runner's context for
     this process; `token` tells works apart; `by_value` lists modules a worker cannot import by name (suite-folder
     factories), which a remote executor ships by value."""
 

@@ -1,4 +1,10 @@
-"""Model registry. Every model takes [0,1] images: normalization is its first layer, never the data's job."""
+"""Architectures a base recipe trains (`arch = "..."`), registered by name here or in another package's module
+under the entry-point group `adv_transfer_bench.architectures`:
+
+    @architecture("my-net")
+    def my_net(num_classes: int) -> nn.Module: ...
+
+Every model takes [0,1] images: normalization is its first layer (`Normalized`), never the data's job."""
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -6,7 +12,15 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from adapters.registry import Registry
 from benchmark.errors import UserError
+
+ARCHITECTURES = Registry("architecture", group="adv_transfer_bench.architectures")
+
+
+def architecture(name: str) -> Callable[[Callable[[int], nn.Module]], Callable[[int], nn.Module]]:
+    """Register the decorated `fn(num_classes) -> nn.Module` (taking normalized images) as `arch = name`."""
+    return ARCHITECTURES.register(name)
 
 
 class Normalized(nn.Module):
@@ -30,6 +44,7 @@ class Normalized(nn.Module):
         return self.net(self.normalize(x))
 
 
+@architecture("resnet18-cifar")
 def resnet18_cifar(num_classes: int) -> nn.Module:
     """ResNet-18 for 32x32 inputs: 3x3 stride-1 stem and no max-pool (the usual CIFAR variant)."""
     from torchvision.models import resnet18
@@ -40,6 +55,7 @@ def resnet18_cifar(num_classes: int) -> nn.Module:
     return net
 
 
+@architecture("resnet18-torchvision")
 def resnet18_torchvision(num_classes: int) -> nn.Module:
     """torchvision's ImageNet ResNet-18 (7x7 stride-2 stem, max-pool) fed 32x32 images: the paper's code."""
     from torchvision.models import resnet18
@@ -47,6 +63,53 @@ def resnet18_torchvision(num_classes: int) -> nn.Module:
     return resnet18(num_classes=num_classes)
 
 
+class Resized(nn.Module):
+    """`net(resize(x))`: images resized (bilinear) to `size` x `size` inside the model, so the data stays 32x32
+    and every attack's eps means what it says on the images the benchmark hands in."""
+
+    def __init__(self, net: nn.Module, size: int):
+        super().__init__()
+        self.net, self.size = net, size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear",
+                                                  align_corners=False))
+
+
+@architecture("resnet18-imagenet")
+def resnet18_imagenet(num_classes: int) -> nn.Module:
+    """torchvision's ImageNet ResNet-18 at its own 224x224 input (the paper's text: "ResNet-18 pretrained on
+    ImageNet, 224x224 input"): inputs resized inside; `pretrained = "<file>"` in the recipe loads the ImageNet
+    weights into everything but the head (`fc`, replaced for the data's classes)."""
+    from torchvision.models import resnet18
+
+    return Resized(resnet18(num_classes=num_classes), 224)
+
+
+# Architectures whose recipe can start from published weights: the file torchvision publishes, and where.
+PRETRAINED = {"resnet18-imagenet": ("resnet18-f37072fd.pth", "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+                                    "torchvision.models.ResNet18_Weights.IMAGENET1K_V1")}
+HEADS = ("fc.weight", "fc.bias")  # replaced for the data's classes, never loaded
+
+
+def load_pretrained(model: Normalized, state: dict[str, torch.Tensor], where: str) -> list[str]:
+    """Published weights into the network inside `model` (under its resize), all but the head; a file of another
+    layout is refused naming a few keys. Returns the names of the layers left as built (the head)."""
+    target = model.net.net if isinstance(model.net, Resized) else model.net
+    own = target.state_dict()
+    body = {k: v for k, v in state.items() if k not in HEADS}
+    missing = sorted(set(own) - set(body) - set(HEADS))
+    unexpected = sorted(set(body) - set(own))
+    wrong = sorted(k for k in set(body) & set(own) if tuple(body[k].shape) != tuple(own[k].shape))
+    if missing or unexpected or wrong:
+        few = ", ".join((missing + unexpected + wrong)[:3])
+        raise UserError(f"{where}: the pretrained file does not fit the architecture ({len(missing)} missing, "
+                        f"{len(unexpected)} unexpected, {len(wrong)} of another shape: {few})")
+    target.load_state_dict({**own, **body})
+    return [k for k in HEADS if k in own]
+
+
+@architecture("small-cnn")
 def small_cnn(num_classes: int) -> nn.Module:
     """Two conv layers and a linear head: for tests and the smoke suite (trains in seconds on a CPU)."""
     return nn.Sequential(
@@ -56,14 +119,8 @@ def small_cnn(num_classes: int) -> nn.Module:
     )
 
 
-ARCHITECTURES: dict[str, Callable[[int], nn.Module]] = {
-    "resnet18-cifar": resnet18_cifar,
-    "resnet18-torchvision": resnet18_torchvision,
-    "small-cnn": small_cnn,
-}
-
-
 def build(arch: str, *, mean: Sequence[float], std: Sequence[float], num_classes: int = 10) -> Normalized:
-    if arch not in ARCHITECTURES:
-        raise UserError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHITECTURES)}")
-    return Normalized(ARCHITECTURES[arch](num_classes), mean, std)
+    make = ARCHITECTURES.get(arch)
+    if make is None:
+        raise UserError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHITECTURES.names())}")
+    return Normalized(make(num_classes), mean, std)

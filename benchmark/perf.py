@@ -143,10 +143,10 @@ def main(*, device: str, arch: str, images: int, run_dir: Path | None = None, ou
         from benchmark.errors import UserError
 
         raise UserError("--images must be positive")
-    if arch not in models.ARCHITECTURES:
+    if models.ARCHITECTURES.get(arch) is None:
         from benchmark.errors import UserError
 
-        raise UserError(f"unknown architecture {arch!r}; valid: {', '.join(models.ARCHITECTURES)}")
+        raise UserError(f"unknown architecture {arch!r}; valid: {', '.join(models.ARCHITECTURES.names())}")
     rows = measure(torch_device, arch, images)
     table = tabulate([[r[0], f"{r[1]:,.0f}" if r[1] >= 100 else f"{r[1]:.2f}", r[2], r[3]] for r in rows],
                      headers=["what", "images/s", "success (originally correct)", "vs"], tablefmt="github",

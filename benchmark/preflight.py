@@ -3,6 +3,8 @@ that keeps two runs off one output folder.
 
     check_writable(out)              # the output folder can be created and written
     check_models(suite, data)        # every base model takes the data's images (one forward pass each)
+    load_all(suite, n, sample)       # every loaded model read, built and checked against the data
+    check_loaded(suite)              # as far as `validate` can without the data
     heavy_training(suite, data, ...) # a line when a CPU would train for hours (and the CPU-scale suite to try)
     claim = Claim(out)               # exclusive until released, garbage-collected or the process dies
 """
@@ -14,6 +16,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
+from benchmark import sources
+from benchmark.data import KNOWN_SHAPES
 from benchmark.errors import UserError
 
 LOCK_NAME = ".lock"
@@ -138,3 +144,48 @@ class Claim:
             file.close()
 
     __del__ = release
+
+
+# ------------------------------------------------------------------------------------------ loaded models
+def load_all(suite, num_classes: int, sample: torch.Tensor | None,
+             modules: dict[str, torch.nn.Module] | None = None) -> dict[str, sources.Loaded]:
+    """Every loaded model of the suite, read and checked against the data before the runner writes anything."""
+    out = {}
+    for name, spec in suite.models.items():
+        if spec.entry.get("source") == "in-memory" and modules is not None:
+            out[name] = sources.provided(modules[name], num_classes, sample, name)
+        elif spec.entry.get("source") in ("checkpoint", "robustbench"):
+            out[name] = sources.load(spec.entry, num_classes, sample, name)
+    return out
+
+
+def check_loaded(suite) -> None:
+    """What `validate` can find without running: unreadable or unfit checkpoints, factories that do not import
+    or build, output widths that do not match the data (where its class count and image size are known
+    without reading it: CIFAR, synthetic, a folder given as a directory)."""
+    if not any(s.entry.get("source") in ("checkpoint", "robustbench") for s in suite.models.values()):
+        return
+    known = KNOWN_SHAPES.get(suite.data["source"])
+    num_classes, size = (known.classes if known else None), (32, 32)
+    path = suite.path.parent / suite.data["path"] if "path" in suite.data else None
+    if suite.data["source"] == "folder":
+        num_classes, size = _folder_shape(path) if path is not None and path.is_dir() else (None, None)
+    sample = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0)) if size else None
+    load_all(suite, num_classes, sample)
+
+
+def _folder_shape(path: Path) -> tuple[int | None, tuple[int, int] | None]:
+    from PIL import Image
+
+    train = next((p / "train" for p in (path, *sorted(q for q in path.iterdir() if q.is_dir()))
+                  if (p / "train").is_dir()), None)
+    if train is None:
+        return None, None
+    classes = sorted(p for p in train.iterdir() if p.is_dir())
+    first = next((f for c in classes for f in sorted(c.iterdir()) if f.is_file()), None)
+    try:
+        with Image.open(first) as image:
+            width, height = image.size
+    except Exception:  # noqa: BLE001  (not an image: loading the data reports it)
+        return len(classes), None
+    return len(classes), (height, width)

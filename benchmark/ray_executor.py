@@ -8,7 +8,7 @@ while torch's CUDA context stays bound to the first (which is why Ray runs GPU t
 the context per task), and an actor keeps the data resident on its device.
 
 Values (model info, an evaluation's per-image lists) travel through Ray's object store; artefacts through the
-shared store (runner.Work.store_root), which every worker must be able to read and write. On a CPU an actor runs
+shared store (context.Work.store_root), which every worker must be able to read and write. On a CPU an actor runs
 torch with `cpus_per_task` threads: oneDNN's convolutions round differently with another thread count, so the
 thread count is part of every CPU key, and a run is bit-identical to a local one with the same count.
 

@@ -1,5 +1,6 @@
-"""Models that are loaded, not trained: a checkpoint built by a registry architecture, a factory of the user's,
-torchvision or timm; RobustBench's model-zoo layout; or a module handed to `run_suite(models=...)`.
+"""Models that are loaded, not trained: a checkpoint filled into the module a model builder makes (a registry
+architecture, a factory of the user's, torchvision, timm, or any builder registered in benchmark.builders);
+RobustBench's model-zoo layout; or a module handed to `run_suite(models=...)`.
 
 One interface serves the runner and `validate`:
 
@@ -15,9 +16,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib
-import importlib.util
-import inspect
 import re
 import sys
 import warnings
@@ -29,18 +27,15 @@ import torch
 from torch import nn
 
 from benchmark import fingerprint, models
-from benchmark.errors import UserError
+from benchmark.builders import FACTORY_PREFIX, MODEL_BUILDERS, import_factory
+from benchmark.errors import UserError, one_line
 from benchmark.store import tensors_hash
 
-BUILDERS = ("arch", "factory", "torchvision", "timm")
 KEYS = {"checkpoint": str, "robustbench": str, "model_dir": str, "dataset": str, "threat_model": str,
-        "arch": str, "factory": str, "torchvision": str, "timm": str, "mean": list, "std": list, "provided": bool}
+        "mean": list, "std": list, "provided": bool}  # and one builder's key (benchmark.builders)
 SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 WRAPPERS = ("state_dict", "model_state_dict", "model", "net", "last")  # RobustBench and common training scripts
 PREFIXES = ("module.", "model.", "_orig_mod.")  # DataParallel, RobustBench's wrappers, torch.compile
-
-
-FACTORY_PREFIX = "_suite_factory_"  # module names of factories imported from a suite's folder
 
 
 @dataclass
@@ -57,10 +52,12 @@ def is_loaded(table: dict) -> bool:
 # --------------------------------------------------------------------------------------------------- parsing
 def parse(table: dict, where: str, fail: Callable[[str], UserError], suite_dir: Path) -> dict[str, Any]:
     """Check a loaded model's suite table without reading its file; the full entry, paths resolved."""
-    extra = sorted(set(table) - set(KEYS))
+    builders = MODEL_BUILDERS.names()
+    keys = {**KEYS, **dict.fromkeys(builders, str)}
+    extra = sorted(set(table) - set(keys))
     if extra:
-        raise fail(f"unknown key {where}{extra[0]}; valid for a loaded model: {', '.join(sorted(KEYS))}")
-    for key, kind in KEYS.items():
+        raise fail(f"unknown key {where}{extra[0]}; valid for a loaded model: {', '.join(sorted(keys))}")
+    for key, kind in keys.items():
         if key in table and not isinstance(table[key], kind):
             raise fail(f"{where}{key} must be {kind.__name__}, got {table[key]!r}")
     if table.get("provided"):
@@ -69,11 +66,11 @@ def parse(table: dict, where: str, fail: Callable[[str], UserError], suite_dir: 
         return {"source": "in-memory"}
     if ("checkpoint" in table) == ("robustbench" in table):
         raise fail(f"{where[:-1]} needs exactly one of checkpoint = \"path\" or robustbench = \"<model name>\"")
-    builders = [b for b in BUILDERS if b in table]
-    if len(builders) != 1:
-        raise fail(f"{where[:-1]} needs exactly one of {', '.join(BUILDERS)} to build the module the checkpoint "
-                   f"fills (got {', '.join(builders) or 'none'})")
-    builder = builders[0]
+    named = [b for b in builders if b in table]
+    if len(named) != 1:
+        raise fail(f"{where[:-1]} needs exactly one of {', '.join(builders)} to build the module the checkpoint "
+                   f"fills (got {', '.join(named) or 'none'})")
+    builder = named[0]
     entry: dict[str, Any] = {"source": "checkpoint", "builder": builder, builder: table[builder]}
     if "checkpoint" in table:
         file = (suite_dir / table["checkpoint"]).resolve()
@@ -96,7 +93,7 @@ def parse(table: dict, where: str, fail: Callable[[str], UserError], suite_dir: 
     for key in ("mean", "std"):
         # The registry always normalizes: the paper's 0.5 unless given; RobustBench models take [0,1] images.
         default = ([0.0] * 3 if key == "mean" else [1.0] * 3) if "robustbench" in table else [0.5] * 3
-        value = table.get(key, default if builder == "arch" else None)
+        value = table.get(key, default if MODEL_BUILDERS.get(builder).default_norm else None)
         if value is not None and (len(value) != 3 or not all(isinstance(v, (int, float)) and not
                                                             isinstance(v, bool) for v in value)):
             raise fail(f"{where}{key} must be three numbers")
@@ -106,31 +103,8 @@ def parse(table: dict, where: str, fail: Callable[[str], UserError], suite_dir: 
     if entry["std"] is not None and any(s <= 0 for s in entry["std"]):
         raise fail(f"{where}std must be positive")
     entry["explicit_norm"] = "mean" in table
-    if builder == "arch" and table["arch"] not in models.ARCHITECTURES:
-        raise fail(f"{where}arch must be one of {', '.join(models.ARCHITECTURES)}, got {table['arch']!r}")
-    if builder == "factory":
-        if not re.fullmatch(r"[\w.]+:[\w.]+", table["factory"]):
-            raise fail(f"{where}factory must be \"module:callable\", got {table['factory']!r}")
-        entry["suite_dir"] = str(suite_dir.resolve())
-    if builder == "torchvision":
-        from torchvision.models import list_models
-
-        if table["torchvision"] not in list_models():
-            raise fail(f"{where}torchvision: unknown model {table['torchvision']!r} (see "
-                       "torchvision.models.list_models())")
-    if builder == "timm":
-        timm = _timm(fail, where)
-        if not timm.is_model(table["timm"]):
-            raise fail(f"{where}timm: unknown model {table['timm']!r} (see timm.list_models())")
+    MODEL_BUILDERS.get(builder).check(table[builder], entry, where, fail, suite_dir)
     return entry
-
-
-def _timm(fail: Callable[[str], UserError], where: str):
-    try:
-        import timm
-    except ImportError:
-        raise fail(f"{where}timm needs the optional timm package (pip install timm)") from None
-    return timm
 
 
 # --------------------------------------------------------------------------------------------------- loading
@@ -218,80 +192,8 @@ def build(entry: dict[str, Any], num_classes: int, where: str) -> tuple[nn.Modul
     """The empty module of a loaded model, and a fingerprint of the code that building it ran (a factory's module
     and every module of ours or the user's it called into; torchvision's or timm's version)."""
     with fingerprint.record() as ran:
-        module = _build(entry, num_classes, where)
+        module = MODEL_BUILDERS.get(entry["builder"]).build(entry, num_classes, where)
     return module, fingerprint.digest(ran.manifest())
-
-
-def _build(entry: dict[str, Any], num_classes: int, where: str) -> nn.Module:
-    builder, name = entry["builder"], entry[entry["builder"]]
-    if builder == "arch":
-        return models.build(name, mean=entry["mean"], std=entry["std"], num_classes=num_classes)
-    if builder == "factory":
-        fn, _ = import_factory(name, Path(entry["suite_dir"]), where)
-        takes = inspect.signature(fn).parameters if _has_signature(fn) else {}
-        norm_inside = entry["mean"] is not None and {"mean", "std"} <= set(takes)
-        kwargs = {"mean": entry["mean"], "std": entry["std"]} if norm_inside else {}
-        try:
-            net = fn(num_classes=num_classes, **kwargs)
-        except Exception as exc:  # noqa: BLE001  (user code: any failure is the user's to see in one line)
-            raise UserError(f"{where}: factory {name} failed: {_one_line(exc)}") from None
-        if not isinstance(net, nn.Module):
-            raise UserError(f"{where}: factory {name} returned {type(net).__name__}, not a torch.nn.Module")
-        if entry["mean"] is not None and not norm_inside:
-            net = models.Normalized(net, entry["mean"], entry["std"])
-        return net
-    if builder == "torchvision":
-        from torchvision.models import get_model
-
-        net = get_model(name, weights=None, num_classes=num_classes)
-    else:
-        timm = _timm(lambda m: UserError(m), f"{where}.")
-        net = timm.create_model(name, pretrained=False, num_classes=num_classes)
-    return models.Normalized(net, entry["mean"], entry["std"]) if entry["mean"] is not None else net
-
-
-def _has_signature(fn) -> bool:
-    try:
-        inspect.signature(fn)
-        return True
-    except (TypeError, ValueError):
-        return False
-
-
-def import_factory(spec: str, suite_dir: Path, where: str):
-    """`module:callable`, the module looked for in the suite's folder first (a file or package there, loaded
-    under a name of its path so two suites' `net.py` never collide), then on the Python path."""
-    module_name, attr = spec.split(":")
-    rel = Path(*module_name.split("."))
-    local = next((p for p in (suite_dir / rel.with_suffix(".py"), suite_dir / rel / "__init__.py") if p.is_file()),
-                 None)
-    try:
-        if local is not None:
-            unique = f"{FACTORY_PREFIX}{hashlib.sha256(str(local).encode()).hexdigest()[:12]}"
-            module_spec = importlib.util.spec_from_file_location(unique, local)
-            module = importlib.util.module_from_spec(module_spec)
-            sys.modules[unique] = module  # dataclasses and pickling look modules up here
-            try:
-                module_spec.loader.exec_module(module)
-            except BaseException:
-                del sys.modules[unique]
-                raise
-        else:
-            module = importlib.import_module(module_name)
-    except (Exception, SystemExit) as exc:  # noqa: BLE001  (user code: any import failure, sys.exit too, is one line)
-        raise UserError(f"{where}: factory {spec}: cannot import {module_name} from {suite_dir} or the Python "
-                        f"path ({_one_line(exc)})") from None
-    fn = module
-    for part in attr.split("."):
-        fn = getattr(fn, part, None)
-    if not callable(fn):
-        raise UserError(f"{where}: factory {spec}: {module_name} has no callable {attr}")
-    return fn, module
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def read_state(path: Path) -> dict[str, torch.Tensor]:
@@ -383,82 +285,8 @@ def check_output(module: nn.Module, num_classes: int | None, sample: torch.Tenso
             out = module.eval()(sample)
     except Exception as exc:  # noqa: BLE001  (user code)
         raise UserError(f"{where}: forward pass on a {'x'.join(map(str, sample.shape[1:]))} image failed "
-                        f"({_one_line(exc)})") from None
+                        f"({one_line(exc)})") from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != num_classes:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise UserError(f"{where}: outputs {shape} for one image; the data has {num_classes} classes, so "
                         f"(1, {num_classes}) logits were expected")
-
-
-# ------------------------------------------------------------------------------------------ a suite's models
-def with_provided(suite, modules: dict[str, nn.Module]):
-    """The suite with the modules handed to run_suite: a name the suite declares `provided = true` takes its
-    module; a name it does not declare joins as a loaded model and the matrix's models."""
-    import dataclasses
-
-    from benchmark.suite import ModelSpec
-
-    declared = {n for n, s in suite.models.items() if s.entry.get("source") == "in-memory"}
-    absent = sorted(declared - set(modules))
-    if absent:
-        raise UserError(f"{suite.path}: models.{absent[0]} is provided = true: pass its module as "
-                        f"run_suite(suite, models={{{absent[0]!r}: module}})")
-    clash = sorted(n for n in modules if n in suite.models and n not in declared)
-    if clash:
-        raise UserError(f"{suite.path}: run_suite(models=...) names {clash[0]!r}, which the suite defines "
-                        "otherwise (declare it `provided = true`)")
-    new = [n for n in modules if n not in suite.models]
-    if not new:
-        return suite
-    raw = copy.deepcopy(suite.raw)
-    raw["models"].update({n: {"provided": True} for n in new})
-    raw["matrix"]["models"] = raw["matrix"]["models"] + new
-    return dataclasses.replace(suite, raw=raw, models={**{n: ModelSpec(n, {"source": "in-memory"}) for n in new},
-                                                       **suite.models},
-                               matrix_models=suite.matrix_models + new)
-
-
-def load_all(suite, num_classes: int, sample: torch.Tensor | None,
-             modules: dict[str, nn.Module] | None = None) -> dict[str, Loaded]:
-    """Every loaded model of the suite, read and checked against the data before the runner writes anything."""
-    out = {}
-    for name, spec in suite.models.items():
-        if spec.entry.get("source") == "in-memory" and modules is not None:
-            out[name] = provided(modules[name], num_classes, sample, name)
-        elif spec.entry.get("source") in ("checkpoint", "robustbench"):
-            out[name] = load(spec.entry, num_classes, sample, name)
-    return out
-
-
-KNOWN_CLASSES = {"cifar10": 10, "cifar100": 100, "synthetic": 10}
-
-
-def check(suite) -> None:
-    """What `validate` can find without running: unreadable or unfit checkpoints, factories that do not import
-    or build, output widths that do not match the data (where its class count and image size are known
-    without reading it: CIFAR, synthetic, a folder given as a directory)."""
-    if not any(s.entry.get("source") in ("checkpoint", "robustbench") for s in suite.models.values()):
-        return
-    num_classes, size = KNOWN_CLASSES.get(suite.data["source"]), (32, 32)
-    path = suite.path.parent / suite.data["path"] if "path" in suite.data else None
-    if suite.data["source"] == "folder":
-        num_classes, size = _folder_shape(path) if path is not None and path.is_dir() else (None, None)
-    sample = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0)) if size else None
-    load_all(suite, num_classes, sample)
-
-
-def _folder_shape(path: Path) -> tuple[int | None, tuple[int, int] | None]:
-    from PIL import Image
-
-    train = next((p / "train" for p in (path, *sorted(q for q in path.iterdir() if q.is_dir()))
-                  if (p / "train").is_dir()), None)
-    if train is None:
-        return None, None
-    classes = sorted(p for p in train.iterdir() if p.is_dir())
-    first = next((f for c in classes for f in sorted(c.iterdir()) if f.is_file()), None)
-    try:
-        with Image.open(first) as image:
-            width, height = image.size
-    except Exception:  # noqa: BLE001  (not an image: loading the data reports it)
-        return len(classes), None
-    return len(classes), (height, width)

@@ -2,7 +2,7 @@
 store (training is shared: the base model does not depend on the attack batch) and counts, against the first
 batch size, the images whose adversarial prediction differs and the cells whose accuracy differs. Every random
 draw follows the image's position (adapters.rng), so what differs is rounding: convolutions summed in another
-order for another batch shape. Why keys carry the attack batch (benchmark.runner.evaluation_key).
+order for another batch shape. Why keys carry the attack batch (benchmark.nodes.evaluation_key).
 
     .venv/bin/python benchmarks/batch_rounding.py suites/smoke.toml --batches 500 7 --out runs/batch-rounding
     .venv/bin/python benchmarks/batch_rounding.py suites/paper-cpu.toml --batches 500 50 --attacks fgsm \

@@ -1,6 +1,6 @@
 """Does torch's CPU thread count change the numbers? One forward/backward pass of the small CNN on one fixed
 batch per thread count; prints which thread counts give bit-identical weight gradients. Why CPU cache keys carry
-the thread count (benchmark.runner.Context.made_with). Run: `.venv/bin/python benchmarks/cpu_threads_rounding.py`.
+the thread count (benchmark.context.Context.made_with). Run: `.venv/bin/python benchmarks/cpu_threads_rounding.py`.
 """
 from __future__ import annotations
 

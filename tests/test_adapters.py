@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from adapters import get_attack, list_attacks
+from adapters import get_attack
+from adapters.catalog import runnable
 from benchmark.models import Normalized
 
 
@@ -149,7 +150,24 @@ def test_bad_parameters_raise_value_error(name, params, match):
 
 
 def test_list_attacks_names_every_family_with_defaults():
-    listing = list_attacks()
+    listing = runnable()
     assert listing["torchattacks.FGSM"]["eps"] == pytest.approx(8 / 255)
     assert listing["art.SaliencyMapMethod"]["theta"] == 0.1 and listing["art.SaliencyMapMethod"]["targets"] == "random"
     assert listing["jsma-origin"]["mode"] == "iterative"
+
+
+def test_a_trial_cut_short_leaves_grad_mode_as_it_was(monkeypatch):
+    """The time limit can land just after a toolkit's `torch.no_grad().__enter__` switched grad off: the trial
+    restores the mode, so a later attack still gets gradients (seen under a loaded CPU as FGSM's 'element 0 of
+    tensors does not require grad' in an unrelated test)."""
+    from adapters import catalog
+
+    attack = get_attack("torchattacks.FGSM", eps=0.01)
+
+    def cut_short(*args, **kwargs):
+        torch.set_grad_enabled(False)  # what no_grad().__enter__ does first
+        raise catalog._TimeUp
+
+    monkeypatch.setattr(attack, "perturb", cut_short)
+    catalog.trial(attack)
+    assert torch.is_grad_enabled()

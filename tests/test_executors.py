@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from benchmark import cli, evaluate, runner
+from benchmark import nodes as node_fns
+from benchmark import context as bench_context
 from benchmark.executor import LocalExecutor
 from benchmark.graph import Node, RunFailed
 
@@ -106,8 +108,8 @@ def test_several_suites_share_one_store_and_a_shared_node_runs_once(tiny_suite, 
     second.write_text(first.read_text().replace('name = "tiny"', 'name = "tiny-fgsm"')
                       .replace('attacks = ["fgsm", "jsma"]', 'attacks = ["fgsm"]'))
     fits = []
-    original = runner.fit
-    monkeypatch.setattr(runner, "fit", lambda *a, **k: fits.append(k.get("desc")) or original(*a, **k))
+    original = node_fns.fit
+    monkeypatch.setattr(node_fns, "fit", lambda *a, **k: fits.append(k.get("desc")) or original(*a, **k))
     frames = runner.run_suites([first, second], device="cpu", store=tmp_path / "store",
                                outs=[tmp_path / "tiny", tmp_path / "tiny-fgsm"], write_report=False)
     assert sorted(fits) == ["fine-tune aft-fgsm", "train base"]  # each distinct model built once
@@ -120,10 +122,10 @@ def test_several_suites_share_one_store_and_a_shared_node_runs_once(tiny_suite, 
 def test_cpu_keys_carry_the_thread_count(tiny_suite):
     suite = runner.load(tiny_suite())
     data = runner.prepare_data(suite, None)
-    one, two = (runner.Context(suite, data, torch.device("cpu"), None, {"torch": "1", "torchvision": "2"}, threads=t)
+    one, two = (bench_context.Context(suite, data, torch.device("cpu"), None, {"torch": "1", "torchvision": "2"}, threads=t)
                 for t in (1, 2))
     assert one.made_with("model")["cpu_threads"] == 1 and one.made_with("model") != two.made_with("model")
-    gpu = runner.Context(suite, data, torch.device("cuda"), None, {"torch": "1", "torchvision": "2"}, threads=1)
+    gpu = bench_context.Context(suite, data, torch.device("cuda"), None, {"torch": "1", "torchvision": "2"}, threads=1)
     assert "cpu_threads" not in gpu.made_with("model")
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 from adapters import get_attack
 from adapters.base import Attack
 from benchmark import data, evaluate, fingerprint, runner
+from benchmark import nodes as node_fns
 from benchmark.check import main as check_main
 from benchmark.errors import UserError
 from conftest import REPO
@@ -250,7 +251,7 @@ def _computed(out):
 
 def _stages(monkeypatch):
     calls = {"fit": 0, "evaluations": 0}
-    fit, run_evaluation = runner.fit, evaluate.run_evaluation
+    fit, run_evaluation = node_fns.fit, evaluate.run_evaluation
 
     def counted_fit(*a, **k):
         calls["fit"] += 1
@@ -260,7 +261,7 @@ def _stages(monkeypatch):
         calls["evaluations"] += 1
         return run_evaluation(*a, **k)
 
-    monkeypatch.setattr(runner, "fit", counted_fit)
+    monkeypatch.setattr(node_fns, "fit", counted_fit)
     monkeypatch.setattr(evaluate, "run_evaluation", counted_evaluation)
     return calls
 

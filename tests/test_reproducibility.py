@@ -10,6 +10,8 @@ import torch
 
 from adapters import get_attack
 from benchmark import evaluate, report, runner
+from benchmark import nodes as node_fns
+from benchmark import context as bench_context
 from benchmark.suite import load
 
 RANDOM_ATTACKS = """
@@ -127,7 +129,7 @@ def test_attack_calls_leave_global_rngs_alone_and_flag_unattributable_draws(trai
 
 def _count_calls(monkeypatch):
     calls = {"fit": 0, "evaluations": []}
-    original_fit, original_eval = runner.fit, evaluate.run_evaluation
+    original_fit, original_eval = node_fns.fit, evaluate.run_evaluation
 
     def fit(*args, **kwargs):
         calls["fit"] += 1
@@ -137,7 +139,7 @@ def _count_calls(monkeypatch):
         calls["evaluations"].append(attack.name)
         return original_eval(model, attack, *args, **kwargs)
 
-    monkeypatch.setattr(runner, "fit", fit)
+    monkeypatch.setattr(node_fns, "fit", fit)
     monkeypatch.setattr(evaluate, "run_evaluation", run_evaluation)
     return calls
 
@@ -159,19 +161,19 @@ def test_keys_hash_resolved_defaults_not_the_spelling(tiny_suite, tmp_path, monk
 def test_keys_carry_device_and_library_versions(tiny_suite):
     suite = load(tiny_suite())
     data = runner.prepare_data(suite, None)
-    ctx = {d: runner.Context(suite, data, torch.device(d), None, {"torch": "1", "torchvision": "2", "python": "3.11",
+    ctx = {d: bench_context.Context(suite, data, torch.device(d), None, {"torch": "1", "torchvision": "2", "python": "3.11",
            "art": "3", "torchattacks": "4", "numpy": "5", "pillow": "6", "pandas": "7"}) for d in ("cpu", "cuda")}
     assert ctx["cpu"].made_with("model")["device"] == "cpu" and ctx["cuda"].made_with("attack")["device"] == "cuda"
     assert ctx["cpu"].made_with("model")["data"] == data.identity["pixels"]
     assert set(ctx["cpu"].made_with("model")["versions"]) == {"torch", "torchvision"}  # an ART upgrade: no retrain
     assert set(ctx["cpu"].made_with("attack")["versions"]) == {"python", "torch", "torchvision", "art", "torchattacks",
                                                                "numpy"}  # Python: `random` in ART's attacks
-    assert runner._precision(ctx["cuda"], True) == "bf16-autocast" and runner._precision(ctx["cuda"], False) == "fp32"
+    assert node_fns._precision(ctx["cuda"], True) == "bf16-autocast" and node_fns._precision(ctx["cuda"], False) == "fp32"
 
 
 def test_test_split_finetune_sample_is_independent_of_evaluation_subsets(tiny_suite, tmp_path):
     suite = load(tiny_suite("paper-code", "test"))
-    idx, provenance = runner.finetune_sample(suite, suite.models["aft-fgsm"], 1000, 300)
+    idx, provenance = node_fns.finetune_sample(suite, suite.models["aft-fgsm"], 1000, 300)
     assert len(set(idx.tolist())) == 100 and provenance["sample_seed"] != 0
     for seed in (0, 1):  # the old bug: seed 0's evaluation subset was the fine-tune sample's prefix
         assert not set(evaluate.subset(300, 50, seed).tolist()) <= set(idx.tolist())
@@ -188,13 +190,13 @@ def test_train_split_finetune_sample_avoids_validation_and_says_what_base_saw(ti
     path = tmp_path / "val.toml"
     path.write_text(with_val)
     suite = load(path)
-    validation, trained = runner.base_split(suite.models["base"].entry, 1000)
-    idx, provenance = runner.finetune_sample(suite, suite.models["aft-fgsm"], 1000, 300)
+    validation, trained = node_fns.base_split(suite.models["base"].entry, 1000)
+    idx, provenance = node_fns.finetune_sample(suite, suite.models["aft-fgsm"], 1000, 300)
     assert not set(idx.tolist()) & set(validation.tolist())
     assert provenance["validation_excluded"] == 200 and provenance["seen_by_base"] == 100
     partial = path.read_text().replace('seed = 0\n', 'seed = 0\ntrain_images = 300\n', 1)
     path.write_text(partial)
-    _, provenance = runner.finetune_sample(load(path), load(path).models["aft-fgsm"], 1000, 300)
+    _, provenance = node_fns.finetune_sample(load(path), load(path).models["aft-fgsm"], 1000, 300)
     assert 0 < provenance["seen_by_base"] < 100  # 300 of the 800 non-validation images were trained on
     runner.run_suite(path, tmp_path / "run", device="cpu")
     assert "the base model trained on" in (tmp_path / "run" / "report.md").read_text()
@@ -228,8 +230,8 @@ def test_exact_fp32_turns_tf32_off_and_restores():
 
 def test_finetunes_train_in_exact_fp32_and_base_models_may_use_bf16(tiny_suite, tmp_path, monkeypatch):
     seen = []
-    original = runner.fit
-    monkeypatch.setattr(runner, "fit", lambda *a, **k: seen.append(
+    original = node_fns.fit
+    monkeypatch.setattr(node_fns, "fit", lambda *a, **k: seen.append(
         (k.get("mixed_precision", True), torch.backends.cudnn.allow_tf32)) or original(*a, **k))
     saved = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = True  # CUDA's default

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from benchmark import check, evaluate, examples, report, run_suite, stats
+from benchmark import claims
 from benchmark.cli import main
 from conftest import TINY_SUITE
 
@@ -111,12 +112,12 @@ def test_paired_test_detects_a_planted_difference_and_not_an_absent_one():
 
 
 def test_verdict_rules():
-    assert stats.verdict(0.50, 0.46, 0.54, "ratio") == "reproduced"
-    assert stats.verdict(0.50, 0.30, 0.70, "ratio") == "inconclusive"  # inside, but wider than 0.10
-    assert stats.verdict(0.50, 0.55, 0.60, "ratio") == "contradicted (ours higher)"
-    assert stats.verdict(0.70, 0.30, 0.65, "ratio") == "contradicted (ours lower)"  # outside, however wide
-    assert stats.verdict(-10.0, -14.0, -6.0, "points") == "reproduced"
-    assert stats.verdict(0.5, float("nan"), float("nan"), "ratio") == "not measured"
+    assert claims.verdict(0.50, 0.46, 0.54, "ratio") == "reproduced"
+    assert claims.verdict(0.50, 0.30, 0.70, "ratio") == "inconclusive"  # inside, but wider than 0.10
+    assert claims.verdict(0.50, 0.55, 0.60, "ratio") == "contradicted (ours higher)"
+    assert claims.verdict(0.70, 0.30, 0.65, "ratio") == "contradicted (ours lower)"  # outside, however wide
+    assert claims.verdict(-10.0, -14.0, -6.0, "points") == "reproduced"
+    assert claims.verdict(0.5, float("nan"), float("nan"), "ratio") == "not measured"
 
 
 # --- a constructed run: per-image outcomes with known rates, through the real summarize and examples code ----
@@ -162,7 +163,7 @@ def constructed(seeds=(0, 1), flip=None):
 def test_claims_reproduce_a_paper_that_is_our_run_and_contradict_one_that_is_not():
     results, _ = constructed()
     reps = stats.replicates_of(results)
-    verdicts = stats.claims_frame(results, reps).set_index("claim")
+    verdicts = claims.claims_frame(results, reps).set_index("claim")
     assert len(verdicts) == 4 + 1 + 1  # 4 derived ratios, fgsm fine-tuning under jsma, clean cost
     assert set(verdicts["verdict"]) == {"reproduced"}
     assert verdicts.filter(like="raises the ratio under jsma", axis=0)["direction"].item() == "reproduced"
@@ -170,7 +171,7 @@ def test_claims_reproduce_a_paper_that_is_our_run_and_contradict_one_that_is_not
     shifted = json.loads(json.dumps(results))
     shifted["reference"]["ratios"] = {"base": {"fgsm": 0.70}}  # our base/fgsm ratio is about 0.5
     shifted["reference"]["tables"]["aft-fgsm"]["jsma"]["adv"] = [60.0] * 3  # far below ours
-    changed = stats.claims_frame(shifted, reps).set_index("claim")["verdict"]
+    changed = claims.claims_frame(shifted, reps).set_index("claim")["verdict"]
     assert changed["ADV/ORIG ratio of base under fgsm"] == "contradicted (ours lower)"
     assert changed["ADV/ORIG ratio of aft-fgsm under jsma"] == "contradicted (ours higher)"
     text = "\n".join(report.verdicts(results, reps, against=shifted))
@@ -186,8 +187,8 @@ def test_differences_between_models_are_paired_per_image_where_examples_exist():
     results["cells"] = [c for c in results["cells"] if c["model"] == "base"]
     results["cells"] += [{**c, "model": "aft-fgsm"} for c in results["cells"]]
     reps = stats.replicates_of(results)
-    paired = stats.claims_frame(results, reps, table).set_index("claim")
-    unpaired = stats.claims_frame(results, reps).set_index("claim")
+    paired = claims.claims_frame(results, reps, table).set_index("claim")
+    unpaired = claims.claims_frame(results, reps).set_index("claim")
     cost = "clean accuracy cost of fine-tuning (aft-fgsm - base, points, mean over sizes)"
     assert paired.loc[cost, "paired"] and not unpaired.loc[cost, "paired"]
     assert paired.loc[cost, ["value", "lo", "hi"]].tolist() == [0.0, 0.0, 0.0]  # the same images resampled
@@ -196,14 +197,14 @@ def test_differences_between_models_are_paired_per_image_where_examples_exist():
 
 
 def test_direction_and_value_get_their_own_verdicts():
-    claim = stats.Claim("fine-tuning raises the ratio", "ratio", 0.21, "tables", "m - p / a", True)
+    claim = claims.Claim("fine-tuning raises the ratio", "ratio", 0.21, "tables", "m - p / a", True)
     claim.value, claim.lo, claim.hi = 0.06, 0.03, 0.10  # the sign reproduced, significantly; the size not
     assert (claim.direction, claim.verdict) == ("reproduced", "contradicted (ours lower)")
     claim.lo, claim.hi = -0.02, 0.10
     assert claim.direction == "not significant"
     claim.lo, claim.hi = -0.3, -0.1
     assert claim.direction == "contradicted"
-    ratio = stats.Claim("ADV/ORIG ratio", "ratio", 0.5, "stated", "m / a")
+    ratio = claims.Claim("ADV/ORIG ratio", "ratio", 0.5, "stated", "m / a")
     ratio.value, ratio.lo, ratio.hi = 0.5, 0.46, 0.54
     assert (ratio.direction, ratio.verdict) == ("", "reproduced")
 

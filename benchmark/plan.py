@@ -1,0 +1,69 @@
+"""Planning: every suite of a command as one graph of nodes (benchmark.graph) with ids that hash what determines
+them, so a node two suites share (same data, recipe, attack...) is one node and runs once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+from benchmark.context import Evaluation, Work
+from benchmark.graph import Node
+from benchmark.nodes import adversarial_set_node, base_model_node, build_attack, evaluation_node, finetune_node
+from benchmark.suite import digest
+
+
+@dataclass
+class Plan:
+    """One suite's nodes: its models' node ids and its evaluations with theirs."""
+    models: dict[str, str]
+    evaluations: list[tuple[Evaluation, str]]
+    node_ids: set[str]
+    stages: dict[str, str]  # node id -> timing label
+
+
+def plan_graph(works: list[Work]) -> tuple[list[Node], list[Plan]]:
+    """Every suite's nodes in one graph. A node's id hashes what determines it with its dependencies' ids in
+    place of their values (weights are known only once computed), so equal nodes of two suites are one."""
+    nodes: dict[str, Node] = {}
+    plans = []
+
+    def add(node: Node, plan: Plan) -> str:
+        nodes.setdefault(node.id, node)
+        plan.node_ids.add(node.id)
+        plan.stages[node.id] = node.stage
+        return node.id
+
+    for work in works:
+        suite, plan = work.suite, Plan({}, [], set(), {})
+        # Besides its own inputs, what a node's result depends on within one command (versions and code are one).
+        same = {"data": work.data.identity["pixels"], "device": work.device.type}
+        batch = {"attack_batch": suite.eval_batch_size}  # rounding can follow the attack batch
+        label = f"{suite.name}: " if len(works) > 1 else ""  # failures name the suite when there are several
+        for spec in suite.models.values():
+            stage, e = f"model:{spec.name}", spec.entry
+            if spec.parent is None:
+                what = (work.loaded_sources[spec.name].identity if spec.loaded else e)
+                node = Node(digest(["model", what, same]), f"{label}{'load' if spec.loaded else 'train'} {spec.name}",
+                            stage, work.token, (), partial(base_model_node, name=spec.name))
+                plan.models[spec.name] = add(node, plan)
+                continue
+            parent = plan.models[spec.parent]
+            adv = add(Node(digest(["adversarial-set", e, parent, same, batch]),
+                           f"{label}perturb {e['images']} for {spec.name}", stage, work.token, (parent,),
+                           partial(adversarial_set_node, name=spec.name, parent=parent)), plan)
+            plan.models[spec.name] = add(Node(
+                digest(["finetune", e, parent, adv, same]), f"{label}fine-tune {spec.name}", stage, work.token,
+                (parent, adv), partial(finetune_node, name=spec.name, parent=parent, adversarial_set=adv)), plan)
+        size = max(suite.sizes)
+        for model in suite.matrix_models:
+            for attack_name in suite.matrix_attacks:
+                spec = suite.attacks[attack_name]
+                for seed in suite.seeds:
+                    job = Evaluation(model, spec, seed, size)
+                    what = [spec.adapter, build_attack(spec, seed).describe(), seed, size]
+                    node = Node(digest(["evaluation", plan.models[model], what, same, batch]),
+                                f"{label}{attack_name} on {model} (seed {seed})", f"attack:{attack_name}", work.token,
+                                (plan.models[model],), partial(evaluation_node, job=job, model=plan.models[model]))
+                    plan.evaluations.append((job, add(node, plan)))
+        plans.append(plan)
+    return list(nodes.values()), plans

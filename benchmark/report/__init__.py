@@ -1,0 +1,97 @@
+"""The markdown report of a run, against the paper's numbers: an ordered list of sections, each a small module
+of this package registered by `@section(name, order=...)` (or by another package's module under the entry-point
+group `adv_transfer_bench.report_sections`), so a new section is a new file. pandas does the arithmetic,
+tabulate the tables, matplotlib the figures (written beside the report under figures/).
+
+    write(run_dir, against=other_run_dir)    # report.md from results.json (+ examples.csv), atomically
+
+A section is `fn(report: Report) -> list[str]` (markdown lines; [] to leave itself out). Shared reading and
+formatting: benchmark.report.frames.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from adapters.registry import Registry
+from benchmark import examples as examples_csv
+from benchmark import stats
+from benchmark.report.frames import cells, check_results, load_results, paper_ratio, seed_means
+from benchmark.store import atomic_write
+
+__all__ = ["Report", "section", "render", "write", "load_results", "check_results", "cells", "seed_means",
+           "paper_ratio"]
+
+SECTIONS = Registry("report section", group="adv_transfer_bench.report_sections",
+                    builtin=tuple(f"benchmark.report.{m}" for m in (
+                        "provenance", "training", "paper", "verdicts", "agreement", "per_image", "comparison",
+                        "figures", "environment")))
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str
+    order: float  # sections render in this order
+    render: Callable[["Report"], list[str]]
+
+
+def section(name: str, *, order: float):
+    """Register the decorated `fn(report) -> list[str]` as the report section `name`, placed by `order`."""
+    def register(fn):
+        SECTIONS.register(name, Section(name, order, fn))
+        return fn
+
+    return register
+
+
+@dataclass
+class Report:
+    """What every section reads: the run's results and examples, and the other run's with `--against`."""
+    results: dict[str, Any]
+    run_dir: Path
+    against: dict[str, Any] | None = None
+    examples: pd.DataFrame | None = None
+    against_examples: pd.DataFrame | None = None
+    with_figures: bool = True
+
+    @cached_property
+    def frame(self) -> pd.DataFrame:
+        return cells(self.results)
+
+    @cached_property
+    def means(self) -> pd.DataFrame:
+        return seed_means(self.frame)
+
+    @cached_property
+    def reps(self) -> dict:
+        return stats.replicates_of(self.results)
+
+    @property
+    def with_paper(self) -> bool:
+        return bool((self.results.get("reference") or {}).get("tables"))
+
+
+def render(results: dict, run_dir: Path, *, against: dict | None = None, against_examples: pd.DataFrame | None = None,
+           with_figures: bool = True) -> str:
+    report = Report(results, Path(run_dir), against, examples_csv.load(run_dir), against_examples, with_figures)
+    report.frame  # a results.json without cells is refused before any section runs
+    data = results.get("data", {})
+    parts = [f"# {results.get('suite_name')}: adversarial fine-tuning transfer report", "",
+             f"Data: **{data.get('description')}**. Profile: **{results.get('profile')}**.", ""]
+    for _, part in sorted(SECTIONS.items(), key=lambda item: item[1].order):
+        parts += part.render(report)
+    return "\n".join(parts)
+
+
+def write(run_dir: Path, *, against: Path | None = None) -> str:
+    results = load_results(run_dir)
+    other = load_results(against) if against is not None else None
+    text = render(results, Path(run_dir), against=other,
+                  against_examples=examples_csv.load(against) if against is not None else None)
+    path = Path(run_dir) / "report.md"
+    atomic_write(path, text.encode())
+    return text
