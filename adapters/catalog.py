@@ -17,6 +17,7 @@ import inspect
 import logging
 import random
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -110,10 +111,10 @@ def _time_limit(seconds: float) -> Iterator[None]:
 @contextlib.contextmanager
 def _quiet_and_stateless() -> Iterator[None]:
     """No warnings or toolkit log lines on stderr, and every global RNG (torch, numpy, random) as it was; so too
-    torch's grad mode and TF32 flags, which a time limit landing inside a toolkit's `with torch.no_grad()` (after
-    it set the mode, before its `__exit__` was armed) would otherwise leave switched off for every later call."""
+    torch's grad mode, which a time limit landing inside a toolkit's `with torch.no_grad()` (after it set the
+    mode, before its `__exit__` was armed) would otherwise leave switched off for every later call."""
     np_state, py_state = np.random.get_state(), random.getstate()
-    grad, tf32 = torch.is_grad_enabled(), (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    grad = torch.is_grad_enabled()
     art_log = logging.getLogger("art")
     level = art_log.level
     art_log.setLevel(logging.ERROR)
@@ -126,7 +127,6 @@ def _quiet_and_stateless() -> Iterator[None]:
         np.random.set_state(np_state)
         random.setstate(py_state)
         torch.set_grad_enabled(grad)
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 def trial(attack: Attack, seconds: float = 1.0) -> None:
@@ -157,8 +157,12 @@ def candidates() -> dict[str, dict[str, Any]]:
     from adapters.families import ATTACK_FAMILIES
 
     out: dict[str, dict[str, Any]] = {}
-    for _, family in ATTACK_FAMILIES.items():
-        out.update(family.members())
+    for name, family in ATTACK_FAMILIES.items():
+        try:
+            out.update(family.members())
+        except Exception as exc:  # noqa: BLE001  (a registered family's own code: the rest still lists)
+            print(f"attacks: family {name} left out: its members() failed: {describe_failure(exc)}",
+                  file=sys.stderr)
     return out
 
 
@@ -243,7 +247,12 @@ def details(name: str) -> str:
 
     params = runnable().get(name)
     if params is None:
-        attack = get_attack(name)  # an unknown name or an unsupported class raises here, saying why
+        try:
+            attack = get_attack(name)  # an unknown name or an unsupported class raises here, saying why
+        except ValueError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (a registered family's own code)
+            raise ValueError(f"{name} failed to build: {describe_failure(exc)}") from None
         try:
             trial(attack, 0.3)
         except Exception as exc:  # noqa: BLE001

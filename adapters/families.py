@@ -17,11 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from adapters.base import Attack
-from adapters.registry import Registry
-
-ATTACK_FAMILIES = Registry("attack family", group="adv_transfer_bench.attack_families",
-                           builtin=("adapters.jsma_origin", "adapters.via_torchattacks", "adapters.via_art"))
-
+from adapters.registry import Registry, RegistryError
 
 @dataclass(frozen=True)
 class Family:
@@ -31,8 +27,16 @@ class Family:
     prefixed: bool  # its attacks are named "<family>.<member>"
 
 
+ATTACK_FAMILIES = Registry("attack family", group="adv_transfer_bench.attack_families", item_type=Family,
+                           builtin=("adapters.jsma_origin", "adapters.via_torchattacks", "adapters.via_art"))
+
+
 def attack_family(name: str, *, members: Callable[[], dict[str, dict[str, Any]]], prefixed: bool = False):
-    """Register the decorated `build(member, **params)` as the attack family `name`."""
+    """Register the decorated `build(member, **params)` as the attack family `name` (no dots: a prefixed family's
+    attacks are `name.<member>`, and a dotted one-attack name could shadow one of them)."""
+    if "." in name or not name:
+        raise RegistryError(f"attack family name {name!r}: give a name without dots")
+
     def register(build: Callable[..., Attack]) -> Callable[..., Attack]:
         ATTACK_FAMILIES.register(name, Family(name, build, members, prefixed))
         return build

@@ -30,7 +30,6 @@ from adapters.registry import Registry
 from benchmark import models
 from benchmark.errors import UserError, one_line
 
-MODEL_BUILDERS = Registry("model builder", group="adv_transfer_bench.model_builders")
 FACTORY_PREFIX = "_suite_factory_"  # module names of factories imported from a suite's folder
 
 
@@ -40,6 +39,9 @@ class Builder:
     build: Callable[[dict, int, str], nn.Module]
     check: Callable[..., None]
     default_norm: bool = False
+
+
+MODEL_BUILDERS = Registry("model builder", group="adv_transfer_bench.model_builders", item_type=Builder)
 
 
 def model_builder(name: str, *, check: Callable[..., None] | None = None, default_norm: bool = False):

@@ -7,7 +7,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from benchmark.errors import UserError
+from adapters.registry import RegistryError
+from benchmark.errors import UserError, one_line
 from benchmark.graph import RunFailed
 
 
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
     try:
         return _dispatch(args)
-    except UserError as exc:
+    except (UserError, RegistryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RunFailed as exc:  # a node raised: what does not depend on it finished and is kept
@@ -127,7 +128,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         make = EXECUTORS.get(args.executor)
         if make is None:
             raise UserError(f"unknown executor {args.executor!r}; valid: {', '.join(EXECUTORS.names())}")
-        executor = make(args.address)
+        try:
+            executor = make(args.address)
+        except (UserError, RegistryError):
+            raise
+        except Exception as exc:  # noqa: BLE001  (a registered executor's own code: one line)
+            raise UserError(f"executor {args.executor} failed to start: {one_line(exc)}") from None
         try:
             frames = run_suites(suites, outs, device=args.device, data_dir=args.data_dir, executor=executor,
                                 store=args.store)

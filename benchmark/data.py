@@ -316,10 +316,27 @@ def synthetic(n_train: int = 5000, n_test: int = 2000, *, seed: int = 0, size: i
 def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
     """Random crop with zero padding `pad` and horizontal flip, for a whole batch at once on its device
     (torchvision's RandomCrop(32, padding=4) + RandomHorizontalFlip, without a per-sample Python loop)."""
+    shifts, flips = augmentation_draws(generator, [len(images)], pad)
+    return crop_flip(images, shifts.to(images.device), flips.to(images.device), pad)
+
+
+def augmentation_draws(generator: torch.Generator, batches: list[int], pad: int = 4
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The crop offsets (2 x N) and flips (N) of consecutive batches of these sizes, drawn on the CPU from
+    `generator` in the order per-batch `augment` calls would draw them (offsets, then flips, batch by batch),
+    so drawing a whole epoch at once gives the same numbers and one host-to-device copy instead of one
+    blocking copy per step."""
+    shifts, flips = [], []
+    for n in batches:
+        shifts.append(torch.randint(0, 2 * pad + 1, (2, n), generator=generator))
+        flips.append(torch.rand(n, generator=generator) < 0.5)
+    return torch.cat(shifts, 1), torch.cat(flips)
+
+
+def crop_flip(images: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """`images` cropped at `shifts` from their zero-padded versions and flipped where `flips`, on their device."""
     n, _, h, w = images.shape
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
-    shifts = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(images.device)
-    flips = (torch.rand(n, generator=generator) < 0.5).to(images.device)
     rows = shifts[0][:, None] + torch.arange(h, device=images.device)  # n x h
     cols = shifts[1][:, None] + torch.arange(w, device=images.device)  # n x w
     cols = torch.where(flips[:, None], cols.flip(1), cols)

@@ -14,11 +14,11 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from benchmark import sources
+from benchmark.errors import UserError
 from benchmark.models import ARCHITECTURES
 from benchmark.train import SCHEDULES
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
-SYNTHETIC_MAX = 1_000_000  # images per split of the synthetic source (3 KiB each: 3 GiB)
 MAX_NAME = 100  # bytes: two of them and a prefix stay below the 255 a file name may have
 BASE_KEYS = {"arch": str, "mean": list, "std": list, "lr": float, "batch_size": int, "epochs": int,
              "augment": bool, "seed": int, "early_stop": dict, "train_images": int, "pretrained": str}
@@ -143,6 +143,8 @@ def parse_attacks(table: dict, fail) -> dict[str, AttackSpec]:
                 attack = get_attack(entry["adapter"], **concrete)
             except (ValueError, TypeError) as exc:
                 raise fail(f"attacks.{name}: {exc}") from None
+            except Exception as exc:  # noqa: BLE001  (a registered family's own code: any failure, one line)
+                raise fail(f"attacks.{name}: {entry['adapter']} failed to build: {describe_failure(exc)}") from None
             # The toolkit's own type and value checks fire only when it runs: once per adapter, parameter names and
             # types, and non-numeric values (a sweep of 20,000 eps values is one trial).
             signature = (entry["adapter"], tuple(sorted((k, type(v).__name__ if is_number(v) else repr(v))
@@ -240,16 +242,30 @@ def parse_models(table: dict, attack_table: dict, fail, suite_dir: Path) -> dict
 def pretrained_weights(entry: dict, where: str, fail, suite_dir: Path) -> dict[str, str]:
     """A recipe's `pretrained` file (relative to the suite): {"file", "sha256"}; keys hash the sha256 only.
     Offline and without the file: one line naming the file to download and where."""
-    from benchmark.models import PRETRAINED
+    from benchmark.models import PRETRAINED, pretrained_mismatch
 
     if entry["arch"] not in PRETRAINED:
         raise fail(f"{where}pretrained: {entry['arch']} has no published weights here; pretrained needs arch = one "
                    f"of {', '.join(PRETRAINED)}")
     name, url, weights = PRETRAINED[entry["arch"]]
+    if not entry["pretrained"].strip():
+        raise fail(f"{where}pretrained must name a file ({name}, from {url})")
     file = (suite_dir / entry["pretrained"]).resolve()
+    if file.is_dir():
+        raise fail(f"{where}pretrained: {file} is a directory, not a weights file ({name})")
     if not file.is_file():
         raise fail(f"{where}pretrained: {file} not found; download torchvision's {weights} weights, {name}, from "
                    f"{url} (any machine with internet) and put it there")
+    try:
+        state = sources.read_state(file)
+    except UserError as exc:
+        raise fail(f"{where}pretrained: {exc}") from None
+    from benchmark.models import ARCHITECTURES, Resized
+
+    net = ARCHITECTURES.get(entry["arch"])(10)  # the head's width does not matter: it is never loaded
+    why = pretrained_mismatch((net.net if isinstance(net, Resized) else net).state_dict(), state)
+    if why:
+        raise fail(f"{where}pretrained: {file.name} does not fit {entry['arch']} ({why})")
     return {"file": str(file), "sha256": sources.file_sha256(file)}
 
 

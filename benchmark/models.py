@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from adapters.registry import Registry
-from benchmark.errors import UserError
+from benchmark.errors import UserError, one_line
 
 ARCHITECTURES = Registry("architecture", group="adv_transfer_bench.architectures")
 
@@ -94,19 +94,30 @@ HEADS = ("fc.weight", "fc.bias")  # replaced for the data's classes, never loade
 
 def load_pretrained(model: Normalized, state: dict[str, torch.Tensor], where: str) -> list[str]:
     """Published weights into the network inside `model` (under its resize), all but the head; a file of another
-    layout is refused naming a few keys. Returns the names of the layers left as built (the head)."""
+    layout is refused naming a few keys (`pretrained_mismatch`). Returns the layers left as built: the head, and
+    batch-norm step counters where the file has none (torchvision's older files do not; training never reads
+    them with the default momentum)."""
     target = model.net.net if isinstance(model.net, Resized) else model.net
     own = target.state_dict()
+    why = pretrained_mismatch(own, state)
+    if why:
+        raise UserError(f"{where}: the pretrained file does not fit the architecture ({why})")
     body = {k: v for k, v in state.items() if k not in HEADS}
-    missing = sorted(set(own) - set(body) - set(HEADS))
+    target.load_state_dict({**own, **body})
+    return [k for k in own if k not in body]
+
+
+def pretrained_mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str | None:
+    """What keeps `state` (a published file's tensors) from filling `own` (a network's state) but its head, or
+    None."""
+    body = {k: v for k, v in state.items() if k not in HEADS}
+    missing = sorted(k for k in set(own) - set(body) - set(HEADS) if not k.endswith("num_batches_tracked"))
     unexpected = sorted(set(body) - set(own))
     wrong = sorted(k for k in set(body) & set(own) if tuple(body[k].shape) != tuple(own[k].shape))
-    if missing or unexpected or wrong:
-        few = ", ".join((missing + unexpected + wrong)[:3])
-        raise UserError(f"{where}: the pretrained file does not fit the architecture ({len(missing)} missing, "
-                        f"{len(unexpected)} unexpected, {len(wrong)} of another shape: {few})")
-    target.load_state_dict({**own, **body})
-    return [k for k in HEADS if k in own]
+    if not (missing or unexpected or wrong):
+        return None
+    few = ", ".join((missing + unexpected + wrong)[:3])
+    return f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} of another shape: {few}"
 
 
 @architecture("small-cnn")
@@ -123,4 +134,10 @@ def build(arch: str, *, mean: Sequence[float], std: Sequence[float], num_classes
     make = ARCHITECTURES.get(arch)
     if make is None:
         raise UserError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHITECTURES.names())}")
-    return Normalized(make(num_classes), mean, std)
+    try:
+        net = make(num_classes)
+    except Exception as exc:  # noqa: BLE001  (a registered architecture's own code: one line)
+        raise UserError(f"architecture {arch} failed to build: {one_line(exc)}") from None
+    if not isinstance(net, nn.Module):
+        raise UserError(f"architecture {arch} returned {type(net).__name__}, not a torch.nn.Module")
+    return Normalized(net, mean, std)

@@ -32,11 +32,13 @@ def base_model_node(ctx: Context, values: dict, *, name: str) -> dict:
     return _with_source(cached(ctx, "model-info", key, partial(train_base, ctx, spec, key), tensors="models"), spec)
 
 
+def recipe_identity(entry: dict) -> dict:
+    """A base recipe as keys and node ids hash it: pretrained weights by their sha256, not where the file lies."""
+    return {**entry, "pretrained": entry["pretrained"]["sha256"]} if "pretrained" in entry else entry
+
+
 def base_key(ctx: Context, spec: ModelSpec) -> str:
-    entry = spec.entry
-    if "pretrained" in entry:  # the weights' sha256, not where the file lies
-        entry = {**entry, "pretrained": entry["pretrained"]["sha256"]}
-    return digest({"kind": "model", "entry": entry, **ctx.made_with("model"),
+    return digest({"kind": "model", "entry": recipe_identity(spec.entry), **ctx.made_with("model"),
                    "precision": _precision(ctx, True)})[:24]
 
 

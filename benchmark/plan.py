@@ -8,7 +8,8 @@ from functools import partial
 
 from benchmark.context import Evaluation, Work
 from benchmark.graph import Node
-from benchmark.nodes import adversarial_set_node, base_model_node, build_attack, evaluation_node, finetune_node
+from benchmark.nodes import (adversarial_set_node, base_model_node, build_attack, evaluation_node, finetune_node,
+                             recipe_identity)
 from benchmark.suite import digest
 
 
@@ -42,7 +43,7 @@ def plan_graph(works: list[Work]) -> tuple[list[Node], list[Plan]]:
         for spec in suite.models.values():
             stage, e = f"model:{spec.name}", spec.entry
             if spec.parent is None:
-                what = (work.loaded_sources[spec.name].identity if spec.loaded else e)
+                what = (work.loaded_sources[spec.name].identity if spec.loaded else recipe_identity(e))
                 node = Node(digest(["model", what, same]), f"{label}{'load' if spec.loaded else 'train'} {spec.name}",
                             stage, work.token, (), partial(base_model_node, name=spec.name))
                 plan.models[spec.name] = add(node, plan)

@@ -79,7 +79,10 @@ def run_suites(suites: list[Suite | str | Path], outs: list[str | Path] | None =
     else:
         outs, holder = [Path("runs") / s.name for s in suites], Path("runs")
     if len({o.resolve() for o in outs}) < len(outs):
-        raise UserError("two suites would write to one results folder: give them different names")
+        clash = next(o for o in outs if sum(p.resolve() == o.resolve() for p in outs) > 1)
+        names = [str(s.path) for s, o in zip(suites, outs) if o.resolve() == clash.resolve()]
+        raise UserError(f"two suites would write to one results folder ({clash}): {' and '.join(names)}; give them "
+                        "different names")
     store_root = Path(store) if store else holder / "artefacts"
     for folder in (*outs, store_root):
         preflight.check_writable(folder)

@@ -32,7 +32,8 @@ from benchmark.errors import UserError, one_line
 from benchmark.store import tensors_hash
 
 KEYS = {"checkpoint": str, "robustbench": str, "model_dir": str, "dataset": str, "threat_model": str,
-        "mean": list, "std": list, "provided": bool}  # and one builder's key (benchmark.builders)
+        "mean": list, "std": list, "provided": bool,
+        "factory_dir": str}  # and one builder's key (benchmark.builders)
 SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 WRAPPERS = ("state_dict", "model_state_dict", "model", "net", "last")  # RobustBench and common training scripts
 PREFIXES = ("module.", "model.", "_orig_mod.")  # DataParallel, RobustBench's wrappers, torch.compile
@@ -103,7 +104,9 @@ def parse(table: dict, where: str, fail: Callable[[str], UserError], suite_dir: 
     if entry["std"] is not None and any(s <= 0 for s in entry["std"]):
         raise fail(f"{where}std must be positive")
     entry["explicit_norm"] = "mean" in table
-    MODEL_BUILDERS.get(builder).check(table[builder], entry, where, fail, suite_dir)
+    # A factory's module is looked for in `factory_dir` (default: the suite's folder; an overlay in another folder
+    # inherits its parent's, rebased by benchmark.extends).
+    MODEL_BUILDERS.get(builder).check(table[builder], entry, where, fail, suite_dir / table.get("factory_dir", "."))
     return entry
 
 
@@ -191,13 +194,20 @@ def file_sha256(path: Path) -> str:
 def build(entry: dict[str, Any], num_classes: int, where: str) -> tuple[nn.Module, str]:
     """The empty module of a loaded model, and a fingerprint of the code that building it ran (a factory's module
     and every module of ours or the user's it called into; torchvision's or timm's version)."""
+    builder = MODEL_BUILDERS.get(entry["builder"])  # looked up first: the registry's code is not the model's
     with fingerprint.record() as ran:
-        module = MODEL_BUILDERS.get(entry["builder"]).build(entry, num_classes, where)
+        module = builder.build(entry, num_classes, where)
     return module, fingerprint.digest(ran.manifest())
 
 
 def read_state(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a .pt/.pth (weights_only) or .safetensors file, unwrapped from RobustBench-style dicts."""
+    if not path.name.endswith(".safetensors"):
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+        if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch's zip format, or a pickle
+            raise UserError(f"checkpoint {path} is corrupted or not a state dict (neither torch's zip format nor a "
+                            "pickle)")
     try:
         if path.name.endswith(".safetensors"):
             from safetensors.torch import load_file

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from adapters.base import exact_fp32
-from benchmark.data import augment as augment_batch
+from benchmark.data import augmentation_draws, crop_flip
 
 SCHEDULES = ("constant", "slow-start-fast-decay")
 
@@ -65,17 +65,32 @@ class Checkpoint:
     every_s: float = 60.0
 
 
+@dataclass(frozen=True)
+class StepPolicy:
+    """How a training step runs: channels_last layout (what cuDNN's fastest convolutions want) and bf16 autocast.
+    Both on CUDA only (`on`), so CPU runs stay bit-deterministic in fp32; tests hand the CUDA policy to a CPU run
+    to execute those branches where no GPU is."""
+    channels_last: bool
+    bf16: bool
+
+    @classmethod
+    def on(cls, device: torch.device, mixed_precision: bool = True) -> "StepPolicy":
+        cuda = device.type == "cuda"
+        return cls(channels_last=cuda, bf16=cuda and mixed_precision)
+
+
 def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, batch_size: int,
         schedule: Schedule, seed: int, augment: bool = False, val: tuple[torch.Tensor, torch.Tensor] | None = None,
         patience: int | None = None, checkpoint: Checkpoint | None = None, mixed_precision: bool = True,
-        desc: str = "train") -> History:
+        desc: str = "train", policy: StepPolicy | None = None) -> History:
     """Adam + cross-entropy on (images, labels), both already on the model's device. With `val` and `patience`,
     stop once validation loss has not improved for `patience` epochs and restore the best weights (the paper
     trains "until overfitting"). `mixed_precision`: bf16 autocast on CUDA (never on the CPU); fine-tunes turn it
     off, since bf16 would distort the small adversarial perturbations they learn from."""
     device = images.device
     cuda = device.type == "cuda"
-    if cuda:
+    policy = policy or StepPolicy.on(device, mixed_precision)
+    if policy.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=schedule.lr)
     generator = torch.Generator().manual_seed(seed)
@@ -96,17 +111,22 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs:
     for epoch in range(first_epoch, epochs):
         model.train()
         order = torch.randperm(len(images), generator=generator).to(device)
+        if augment:  # the epoch's crops and flips in one copy (pinned, asynchronous on CUDA), not one per step
+            shifts, flips = augmentation_draws(generator, [min(batch_size, len(images) - s)
+                                                           for s in range(0, len(images), batch_size)])
+            if cuda:
+                shifts, flips = (t.pin_memory().to(device, non_blocking=True) for t in (shifts, flips))
         loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
         for start in range(0, len(images), batch_size):
             idx = order[start:start + batch_size]
             x = to_float(images[idx])
             if augment:
-                x = augment_batch(x, generator)
-            if cuda:
+                x = crop_flip(x, shifts[:, start:start + len(idx)], flips[start:start + len(idx)])
+            if policy.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             for group in optimizer.param_groups:
                 group["lr"] = schedule.at(step, total)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and mixed_precision):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=policy.bf16):
                 logits = model(x)
                 loss = nn.functional.cross_entropy(logits, labels[idx])
             optimizer.zero_grad(set_to_none=True)

@@ -169,5 +169,8 @@ def test_a_trial_cut_short_leaves_grad_mode_as_it_was(monkeypatch):
         raise catalog._TimeUp
 
     monkeypatch.setattr(attack, "perturb", cut_short)
-    catalog.trial(attack)
-    assert torch.is_grad_enabled()
+    try:
+        catalog.trial(attack)
+        assert torch.is_grad_enabled()
+    finally:
+        torch.set_grad_enabled(True)

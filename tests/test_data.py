@@ -112,3 +112,18 @@ def test_shared_jpeg_copy_loads_as_cifar10():
     assert ds.train_x.shape == (50000, 3, 32, 32) and ds.test_x.shape == (10000, 3, 32, 32)
     assert torch.bincount(ds.test_y).tolist() == [1000] * 10
     assert ds.identity["lossy"] and "JPEG" in ds.identity["description"]
+
+
+def test_an_epoch_of_augmentation_drawn_at_once_equals_drawing_it_batch_by_batch():
+    """fit draws an epoch's crops and flips in one go (one host-to-device copy, not a blocking one per step):
+    the same numbers, so the same training, as per-batch `augment` calls on the same generator."""
+    images = torch.randint(0, 256, (23, 3, 8, 8), dtype=torch.uint8)
+    per_batch, gen = [], torch.Generator().manual_seed(3)
+    for start in range(0, 23, 5):
+        per_batch.append(data.augment(images[start:start + 5], gen, pad=2))
+    after_per_batch = torch.rand(1, generator=gen)
+    gen = torch.Generator().manual_seed(3)
+    shifts, flips = data.augmentation_draws(gen, [5, 5, 5, 5, 3], pad=2)
+    at_once = [data.crop_flip(images[s:s + 5], shifts[:, s:s + 5], flips[s:s + 5], pad=2) for s in range(0, 23, 5)]
+    assert all(torch.equal(a, b) for a, b in zip(per_batch, at_once)) and len(at_once) == 5
+    assert torch.equal(torch.rand(1, generator=gen), after_per_batch)  # the generator left where it was

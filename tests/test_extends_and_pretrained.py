@@ -208,3 +208,75 @@ def test_without_the_weights_file_one_line_names_it_and_where_to_get_it(tmp_path
     other = _write(tmp_path / "other.toml", PRETRAINED_SUITE.replace("resnet18-imagenet", "small-cnn"))
     assert main(["validate", str(other)]) == 2
     assert "small-cnn has no published weights here" in capsys.readouterr().err
+
+
+def test_an_overlay_elsewhere_finds_the_parents_checkpoint_and_factory(tmp_path, capsys):
+    """The parent's checkpoint path and the folder its factory's module is looked for in are the parent's, seen
+    from the overlay's folder (`factory_dir`, which the overlay gets rebased)."""
+    parent_dir = tmp_path / "parent"
+    _write(parent_dir / "nets" / "tiny.py", "from torch import nn\n\ndef build(num_classes):\n"
+           "    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, num_classes))\n")
+    from torch import nn
+
+    torch.save(nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10)).state_dict(), parent_dir / "net.pt")
+    _write(parent_dir / "suite.toml", TINY_SUITE.format(profile="paper", split="train").replace(
+        '[models.base]\narch = "small-cnn"\nepochs = 2\nbatch_size = 100\nseed = 0\n',
+        '[models.base]\ncheckpoint = "net.pt"\nfactory = "nets.tiny:build"\n'))
+    child = _write(tmp_path / "a" / "b" / "child.toml", 'extends = "../../parent/suite.toml"\n')
+    assert main(["validate", str(child)]) == 0
+    merged = json.loads(capsys.readouterr().out)["merged_suite"]["models"]["base"]
+    assert merged["checkpoint"] == "../../parent/net.pt" and merged["factory_dir"] == "../../parent"
+
+
+def test_drop_reads_dotted_names_and_refuses_an_ambiguous_path(tmp_path, capsys):
+    parent = _write(tmp_path / "p.toml", TINY_SUITE.format(profile="paper", split="train")
+                    + '\n[attacks."fgsm.v2"]\nadapter = "torchattacks.FGSM"\neps = 0.03\n'
+                    + '\n[attacks.fgsm2]\nadapter = "torchattacks.FGSM"\neps = 0.03\n')
+    assert "fgsm.v2" in load(parent).attacks
+    child = _write(tmp_path / "c.toml", 'extends = "p.toml"\ndrop = ["attacks.fgsm.v2", "attacks.fgsm.eps"]\n')
+    suite = load(child)
+    assert "fgsm.v2" not in suite.attacks and "eps" not in suite.raw["attacks"]["fgsm"]
+    both = _write(tmp_path / "both.toml", TINY_SUITE.format(profile="paper", split="train").replace(
+        '[attacks.fgsm]\nadapter = "torchattacks.FGSM"\neps = 0.02\n',
+        '[attacks.fgsm]\nadapter = "torchattacks.FGSM"\neps = 0.02\nv2 = 1\n')
+        + '\n[attacks."fgsm.v2"]\nadapter = "torchattacks.FGSM"\n')
+    ambiguous = _write(tmp_path / "amb.toml", 'extends = "both.toml"\ndrop = ["attacks.fgsm.v2"]\n')
+    assert main(["validate", str(ambiguous)]) == 2
+    assert "drop 'attacks.fgsm.v2' is ambiguous" in capsys.readouterr().err
+
+
+def test_a_pretrained_file_without_batch_norm_counters_loads(weights):
+    """torchvision's older published files have no `num_batches_tracked`: they still fit."""
+    _, state = weights
+    bare = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    model = models.build("resnet18-imagenet", mean=[0.5] * 3, std=[0.5] * 3, num_classes=10)
+    kept = models.load_pretrained(model, bare, "models.base")
+    assert "fc.weight" in kept and all(k.endswith("num_batches_tracked") for k in kept if not k.startswith("fc."))
+    assert torch.equal(model.net.net.layer1[0].conv1.weight, state["layer1.0.conv1.weight"])
+
+
+def test_validate_reads_the_pretrained_file_and_refuses_another_layout(weights, tmp_path, capsys):
+    path, _ = weights
+    from torchvision.models import resnet34
+
+    torch.save(resnet34(num_classes=1000).state_dict(), path)
+    suite = _write(tmp_path / "pretrained.toml", PRETRAINED_SUITE)
+    assert main(["validate", str(suite)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "resnet18-f37072fd.pth does not fit resnet18-imagenet" in err and "\n" not in err
+    path.write_bytes(b"not a checkpoint")
+    assert main(["validate", str(suite)]) == 2
+    assert "pretrained: checkpoint" in capsys.readouterr().err
+
+
+def test_extends_of_a_folder_and_a_dropped_name_and_a_text_checkpoint(parent, tmp_path, capsys):
+    (tmp_path / "base" / "folder").mkdir()
+    child = _write(tmp_path / "base" / "child.toml", 'extends = "folder"\n')
+    assert main(["validate", str(child)]) == 2
+    assert "extends names 'folder', a directory, not a suite file" in capsys.readouterr().err
+    child.write_text('extends = "tiny.toml"\ndrop = ["name"]\n')
+    assert load(child).name == "child"
+    text = _write(tmp_path / "weights" / "resnet18-f37072fd.pth", "not a checkpoint")
+    suite = _write(tmp_path / "pretrained.toml", PRETRAINED_SUITE)
+    assert text.is_file() and main(["validate", str(suite)]) == 2
+    assert "is corrupted or not a state dict (neither torch's zip format nor a pickle)" in capsys.readouterr().err

@@ -4,8 +4,8 @@ suite like the built-in ones; an entry point of an installed package is loaded t
 from __future__ import annotations
 
 import json
+import re
 import sys
-import textwrap
 from importlib.metadata import EntryPoint
 
 import pandas as pd
@@ -15,7 +15,7 @@ from torch import nn
 
 from adapters import Attack, attack_family, get_attack
 from adapters.families import ATTACK_FAMILIES
-from adapters.registry import Registry
+from adapters.registry import Registry, RegistryError
 from benchmark import models, run_suite
 from benchmark.builders import MODEL_BUILDERS, model_builder
 from benchmark.errors import UserError
@@ -155,31 +155,116 @@ def test_a_name_registered_twice_by_two_objects_is_refused():
         registry.register("a", object())
 
 
-def test_entry_points_of_installed_packages_are_loaded(tmp_path, monkeypatch):
-    """What `pip install` of a third-party package with `[project.entry-points."adv_transfer_bench.attack_families"]`
-    gives: its module is imported on first lookup and its decorator registers the family."""
-    (tmp_path / "third_party_attacks.py").write_text(textwrap.dedent("""
-        from adapters import Attack, attack_family
+THIRD_PARTY = """
+from adapters import Attack, attack_family
+from adapters.families import Family
 
-        class Shift(Attack):
-            name = "shift"
 
-            def perturb(self, model, images, labels, *, positions):
-                return images.roll(1, dims=-1)
+class Shift(Attack):
+    name = "shift"
 
-        @attack_family("shift", members=lambda: {"shift": {"space": "pixel", "seed": 0}})
-        def build(member, **params):
-            return Shift(**params)
-    """))
+    def perturb(self, model, images, labels, *, positions):
+        return images.roll(1, dims=-1)
+
+
+def build(member, **params):
+    return Shift(**params)
+
+
+shift = Family("shift", build, lambda: {"shift": {"space": "pixel", "seed": 0}}, False)
+if REGISTER:
+    attack_family(REGISTER, members=lambda: {REGISTER: {"space": "pixel", "seed": 0}})(build)
+"""
+
+
+def _installed(tmp_path, monkeypatch, register: str, value: str, name: str = "shift", module: str = "third_party"):
+    """A registry of attack families with the built-ins and one entry point, as `pip install` of a package
+    declaring `[project.entry-points."adv_transfer_bench.attack_families"] <name> = "<value>"` gives."""
+    (tmp_path / f"{module}.py").write_text(f"REGISTER = {register!r}\n" + THIRD_PARTY)
     monkeypatch.syspath_prepend(str(tmp_path))
-    registry = Registry("attack family", group="adv_transfer_bench.attack_families")
-    point = EntryPoint("shift", "third_party_attacks", "adv_transfer_bench.attack_families")
-    monkeypatch.setattr("adapters.registry.entry_points",
-                        lambda group: [point] if group == "adv_transfer_bench.attack_families" else [])
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    registry = Registry("attack family", group=ATTACK_FAMILIES.group, builtin=ATTACK_FAMILIES.builtin,
+                        item_type=ATTACK_FAMILIES.item_type)
+    registry._items = {k: v for k, v in ATTACK_FAMILIES.items()}  # the built-ins, already imported
+    point = EntryPoint(name, value, ATTACK_FAMILIES.group)
+    monkeypatch.setattr("adapters.registry.entry_points", lambda group: [point] if group == registry.group else [])
     monkeypatch.setattr("adapters.families.ATTACK_FAMILIES", registry)
+    return registry
+
+
+def test_an_entry_point_module_registers_its_family_on_first_lookup(tmp_path, monkeypatch):
+    registry = _installed(tmp_path, monkeypatch, "shift", "third_party")
+    assert type(get_attack("shift")).__name__ == "Shift" and "shift" in registry.names()
+    assert "torchattacks" in registry.names()
+
+
+def test_an_entry_point_may_name_the_family_object(tmp_path, monkeypatch):
+    _installed(tmp_path, monkeypatch, "", "third_party:shift")
+    assert type(get_attack("shift")).__name__ == "Shift"
+
+
+@pytest.mark.parametrize("register, value, name, message", [
+    ("art", "third_party", "art", "does not import: RegistryError: attack family 'art' is registered twice "
+                                  "(adapters.via_art.build and third_party.build)"),
+    ("", "third_party:shift", "torchattacks", "attack family 'torchattacks' is registered twice"),
+    ("", "third_party:build", "shift", "names a function, not a Family: point it at the module"),
+    ("", "no_such_module", "shift", "does not import: ModuleNotFoundError: No module named 'no_such_module'"),
+])
+def test_a_bad_entry_point_is_one_line_on_every_lookup(tmp_path, monkeypatch, capsys, register, value, name,
+                                                       message):
+    _installed(tmp_path, monkeypatch, register, value, name)
+    for _ in range(2):  # not raised once and then forgotten
+        with pytest.raises(RegistryError, match=re.escape(message)):
+            get_attack("torchattacks.FGSM", eps=0.01)
+    from benchmark.cli import main
+
+    assert main(["attacks", "torchattacks.FGSM"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+def test_a_family_name_with_dots_is_refused():
+    with pytest.raises(RegistryError, match="without dots"):
+        attack_family("torchattacks.FGSM", members=dict)
+
+
+def test_third_party_code_that_raises_is_one_line_or_a_note(registered, tmp_path, capsys, monkeypatch):
+    """A family's build, an architecture or an executor that raises: one line and exit 2; a report section that
+    raises: the report is still written, with a note where the section would be."""
+    from benchmark.cli import main
+    from benchmark.executor import EXECUTORS, executor
+
+    @attack_family("explodes", members=lambda: {"explodes": {}})
+    def explodes(member, **params):
+        raise RuntimeError("family build exploded")
+
+    models.architecture("broken-arch")(lambda num_classes: "not a module")
+
+    @executor("broken")
+    def broken(address=None):
+        raise RuntimeError("cannot connect")
+
+    @section("explodes", order=13)
+    def bad_section(report):
+        raise ZeroDivisionError("section blew up")
+
     try:
-        attack = get_attack("shift")
-        assert type(attack).__name__ == "Shift" and "shift" in registry.names()
+        torch.save(Tiny(10).state_dict(), tmp_path / "mine.pt")
+        suite = tmp_path / "suite.toml"
+        suite.write_text(SUITE.replace('adapter = "flip"', 'adapter = "explodes"'))
+        assert main(["validate", str(suite)]) == 2
+        assert "attacks.flip: explodes failed to build: RuntimeError: family build exploded" in capsys.readouterr().err
+        suite.write_text(SUITE.replace('"tiny-arch"', '"broken-arch"'))
+        assert main(["run", str(suite), "--device", "cpu", "--out", str(tmp_path / "o1")]) == 2
+        assert "architecture broken-arch returned str, not a torch.nn.Module" in capsys.readouterr().err
+        suite.write_text(SUITE)
+        assert main(["run", str(suite), "--device", "cpu", "--executor", "broken", "--out", str(tmp_path / "o2")]) == 2
+        assert "executor broken failed to start: RuntimeError: cannot connect" in capsys.readouterr().err
+        assert main(["run", str(suite), "--device", "cpu", "--out", str(tmp_path / "o3")]) == 0
+        report = (tmp_path / "o3" / "report.md").read_text()
+        assert "Section `explodes`" in report and "ZeroDivisionError: section blew up" in report
+        assert "## Environment" in report  # the sections after it still rendered
     finally:
-        ATTACK_FAMILIES.unregister("shift")
-        sys.modules.pop("third_party_attacks", None)
+        for registry, name in ((ATTACK_FAMILIES, "explodes"), (models.ARCHITECTURES, "broken-arch"),
+                               (EXECUTORS, "broken"), (SECTIONS, "explodes")):
+            registry.unregister(name)

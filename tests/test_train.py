@@ -83,3 +83,26 @@ def test_killed_training_resumes_from_its_checkpoint_to_the_same_weights(synthet
     assert [e["epoch"] for e in history.epochs] == [1, 2, 3, 4] and history.epochs == reference_history.epochs
     for (name, p), q in zip(reference.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(p, q), name
+
+
+def test_the_cuda_step_policy_runs_on_a_cpu():
+    """The CUDA-only branches of a training step (channels_last layout, bf16 autocast), executed on the CPU by
+    handing fit the policy CUDA gets: the same lines run, the weights stay fp32 and training still learns."""
+    from benchmark.data import synthetic
+    from benchmark.models import build
+    from benchmark.train import Schedule, StepPolicy, fit
+
+    assert StepPolicy.on(torch.device("cuda")) == StepPolicy(channels_last=True, bf16=True)
+    assert StepPolicy.on(torch.device("cuda"), mixed_precision=False).bf16 is False
+    assert StepPolicy.on(torch.device("cpu")) == StepPolicy(channels_last=False, bf16=False)
+    data = synthetic(256, 10)
+    torch.manual_seed(0)
+    model = build("small-cnn", mean=[0.5] * 3, std=[0.5] * 3)
+    seen = []
+    model.net[0].register_forward_hook(lambda m, inp, out: seen.append(
+        (out.dtype, inp[0].is_contiguous(memory_format=torch.channels_last))))
+    history = fit(model, data.train_x, data.train_y, epochs=2, batch_size=64, schedule=Schedule(lr=1e-2), seed=0,
+                  augment=True, policy=StepPolicy(channels_last=True, bf16=True))
+    assert seen[0] == (torch.bfloat16, True)  # autocast and the layout acted in the step
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert history.epochs[1]["train_loss"] < history.epochs[0]["train_loss"]

@@ -10,6 +10,7 @@ formatting: benchmark.report.frames.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -20,23 +21,24 @@ import pandas as pd
 from adapters.registry import Registry
 from benchmark import examples as examples_csv
 from benchmark import stats
+from benchmark.errors import one_line
 from benchmark.report.frames import cells, check_results, load_results, paper_ratio, seed_means
 from benchmark.store import atomic_write
 
 __all__ = ["Report", "section", "render", "write", "load_results", "check_results", "cells", "seed_means",
            "paper_ratio"]
 
-SECTIONS = Registry("report section", group="adv_transfer_bench.report_sections",
-                    builtin=tuple(f"benchmark.report.{m}" for m in (
-                        "provenance", "training", "paper", "verdicts", "agreement", "per_image", "comparison",
-                        "figures", "environment")))
-
-
 @dataclass(frozen=True)
 class Section:
     name: str
     order: float  # sections render in this order
     render: Callable[["Report"], list[str]]
+
+
+SECTIONS = Registry("report section", group="adv_transfer_bench.report_sections", item_type=Section,
+                    builtin=tuple(f"benchmark.report.{m}" for m in (
+                        "provenance", "training", "paper", "verdicts", "agreement", "per_image", "comparison",
+                        "figures", "environment")))
 
 
 def section(name: str, *, order: float):
@@ -82,8 +84,13 @@ def render(results: dict, run_dir: Path, *, against: dict | None = None, against
     data = results.get("data", {})
     parts = [f"# {results.get('suite_name')}: adversarial fine-tuning transfer report", "",
              f"Data: **{data.get('description')}**. Profile: **{results.get('profile')}**.", ""]
-    for _, part in sorted(SECTIONS.items(), key=lambda item: item[1].order):
-        parts += part.render(report)
+    for name, part in sorted(SECTIONS.items(), key=lambda item: item[1].order):
+        try:
+            parts += part.render(report)
+        except Exception as exc:  # noqa: BLE001  (a section's own code: the rest of the report still renders)
+            where = f"{part.render.__module__}.{part.render.__qualname__}"
+            print(f"report: section {name} ({where}) failed: {one_line(exc)}", file=sys.stderr)
+            parts += [f"> Section `{name}` ({where}) failed and is left out: {one_line(exc)}", ""]
     return "\n".join(parts)
 
 

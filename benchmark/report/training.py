@@ -36,7 +36,7 @@ def training(report: Report) -> list[str]:
                      f"whole test split: {100 * info['test_acc']:.2f}%{versus}.\n")
         rows = [[r["epoch"], fmt(r.get("train_loss"), 4), fmt(_pct(r.get("train_acc"))), fmt(r.get("val_loss"), 4),
                  fmt(_pct(r.get("val_acc"))), "kept" if r["epoch"] == best else ""] for r in history]
-        lines += [tabulate(rows, headers=["epoch", "train loss", "train acc %", "val loss", "val acc %", ""],
+        lines += [tabulate(rows, headers=["epoch", "train loss", "train acc %", "val loss", "val acc %", "weights"],
                            tablefmt="github", disable_numparse=True), ""]
         if report.with_figures:
             lines += [curve_figure(report, name, info, paper), ""]
