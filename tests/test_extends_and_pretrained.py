@@ -236,7 +236,7 @@ def test_drop_reads_dotted_names_and_refuses_an_ambiguous_path(tmp_path, capsys)
     child = _write(tmp_path / "c.toml", 'extends = "p.toml"\ndrop = ["attacks.fgsm.v2", "attacks.fgsm.eps"]\n')
     suite = load(child)
     assert "fgsm.v2" not in suite.attacks and "eps" not in suite.raw["attacks"]["fgsm"]
-    both = _write(tmp_path / "both.toml", TINY_SUITE.format(profile="paper", split="train").replace(
+    _write(tmp_path / "both.toml", TINY_SUITE.format(profile="paper", split="train").replace(
         '[attacks.fgsm]\nadapter = "torchattacks.FGSM"\neps = 0.02\n',
         '[attacks.fgsm]\nadapter = "torchattacks.FGSM"\neps = 0.02\nv2 = 1\n')
         + '\n[attacks."fgsm.v2"]\nadapter = "torchattacks.FGSM"\n')

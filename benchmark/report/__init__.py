@@ -80,7 +80,8 @@ class Report:
 def render(results: dict, run_dir: Path, *, against: dict | None = None, against_examples: pd.DataFrame | None = None,
            with_figures: bool = True) -> str:
     report = Report(results, Path(run_dir), against, examples_csv.load(run_dir), against_examples, with_figures)
-    report.frame  # a results.json without cells is refused before any section runs
+    if report.frame.empty:  # cells() refuses a results.json without cells before any section runs
+        return ""
     data = results.get("data", {})
     parts = [f"# {results.get('suite_name')}: adversarial fine-tuning transfer report", "",
              f"Data: **{data.get('description')}**. Profile: **{results.get('profile')}**.", ""]
