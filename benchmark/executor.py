@@ -52,7 +52,10 @@ class LocalExecutor:
     def run(self, nodes: list[Node], works: dict[str, Work]) -> Outcome:
         # Built at the start, in the driver: a suite's context checks the code against the driver's, which for
         # this process is the code it already runs (an edit during a run is fingerprint's to catch, per node).
-        contexts: dict[str, Any] = {token: work.context() for token, work in works.items()}
+        try:
+            contexts: dict[str, Any] = {token: work.context() for token, work in works.items()}
+        except RuntimeError as exc:  # here only when files of ours changed since the run started: one line
+            raise UserError(f"{exc} (a file of the checkout was edited as the run started; run it again)") from None
         outcome = Outcome()
         bar = tqdm(order(nodes), desc="graph", unit="node", dynamic_ncols=True)
         for node in bar:

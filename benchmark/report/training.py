@@ -58,11 +58,13 @@ def curve_figure(report: Report, name: str, info: dict, paper: float | None) -> 
     history, best = info["history"], info.get("best_epoch")
     epochs = [r["epoch"] for r in history]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.6))
-    for key, label in (("train", "train (augmented)"), ("val", "validation")):
+    for key, label, color in (("train", "train (augmented)", "C0"), ("val", "validation", "C1")):
         if any(f"{key}_loss" in r for r in history):
-            loss_ax.plot(epochs, [r.get(f"{key}_loss", np.nan) for r in history], marker=".", label=label)
+            loss_ax.plot(epochs, [r.get(f"{key}_loss", np.nan) for r in history], marker=".", label=label,
+                         color=color)
         if any(f"{key}_acc" in r for r in history):
-            acc_ax.plot(epochs, [100 * r.get(f"{key}_acc", np.nan) for r in history], marker=".", label=label)
+            acc_ax.plot(epochs, [100 * r.get(f"{key}_acc", np.nan) for r in history], marker=".", label=label,
+                        color=color)
     acc_ax.axhline(100 * info["test_acc"], color="gray", linewidth=0.8, label="kept weights, test split")
     if paper is not None:
         acc_ax.axhline(paper, color="black", linestyle="--", linewidth=0.8, label="paper (clean)")
@@ -70,7 +72,9 @@ def curve_figure(report: Report, name: str, info: dict, paper: float | None) -> 
         if best:
             ax.axvline(best, color="red", linestyle=":", linewidth=1, label=f"kept: epoch {best}")
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
     loss_ax.set_ylabel("cross-entropy")
+    loss_ax.legend(fontsize=7)
     acc_ax.set_ylabel("accuracy (%)")
     acc_ax.legend(fontsize=7)
     fig.suptitle(f"{name}: training curve")
