@@ -17,7 +17,7 @@ from PIL import Image
 
 from adapters import get_attack
 from adapters.base import Attack
-from benchmark import data, evaluate, fingerprint, runner
+from benchmark import code_hashes, data, evaluate, fingerprint, runner
 from benchmark import nodes as node_fns
 from benchmark.check import main as check_main
 from benchmark.errors import UserError
@@ -233,7 +233,7 @@ def _batch(tmp_path, path, batch):
 
 def _edit(monkeypatch, file_suffix: str, unit: str):
     """As if the function `unit` of the file ending in `file_suffix` had been edited."""
-    original = fingerprint._parse_file
+    original = code_hashes._parse_file
 
     def parsed(path, mtime, size):
         result = original(path, mtime, size)
@@ -242,7 +242,7 @@ def _edit(monkeypatch, file_suffix: str, unit: str):
         return result[0], [(a, b, name, digest + "-edited" if name == unit else digest)
                            for a, b, name, digest in result[1]], result[2]
 
-    monkeypatch.setattr(fingerprint, "_parse_file", parsed)
+    monkeypatch.setattr(code_hashes, "_parse_file", parsed)
 
 
 def _computed(out):
@@ -270,7 +270,7 @@ def test_manifest_hashes_ignore_comments_and_docstrings_but_not_code_or_constant
     module = tmp_path / "m.py"
     source = 'RATE = 2\n\n\ndef f(x):\n    """Doc."""\n    return x * RATE\n\n\ndef g():\n    return 1\n'
     module.write_text(source)
-    first = fingerprint._parse(str(module))
+    first = code_hashes.parse(str(module))
     variants = {
         "comment": source.replace("return x * RATE", "return x * RATE  # why"),
         "docstring": source.replace('"""Doc."""', '"""Another doc."""'),
@@ -280,7 +280,7 @@ def test_manifest_hashes_ignore_comments_and_docstrings_but_not_code_or_constant
     for i, (name, text) in enumerate(variants.items()):
         module.write_text(text)
         os.utime(module, ns=(1, 10 ** 9 * (i + 2)))  # a new mtime for each: the parse cache reads it anew
-        skeleton, units, _ = fingerprint._parse(str(module))
+        skeleton, units, _ = code_hashes.parse(str(module))
         same_f = dict((u[2], u[3]) for u in units)["f"] == dict((u[2], u[3]) for u in first[1])["f"]
         assert (skeleton == first[0], same_f) == {"comment": (True, True), "docstring": (True, True),
                                                   "code": (True, False), "constant": (False, True)}[name], name

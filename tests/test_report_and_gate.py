@@ -6,6 +6,7 @@ from pathlib import Path
 
 
 from benchmark import check, report
+from benchmark.report.comparison import comparison
 from benchmark.cli import main
 from conftest import REPO
 
@@ -111,7 +112,7 @@ def test_comparison_matches_cells_by_name_not_by_position():
         if (cell["model"], cell["attack"]) == ("base", "fgsm"):
             cell["adv_acc"] = 0.0
     means = report.seed_means(report.cells(results))
-    table = "\n".join(report.comparison(results, means, other))
+    table = "\n".join(comparison(results, means, other))
     rows = {tuple(cells[:2]): cells for cells in ([c.strip() for c in line.split("|")[1:-1]]
                                                   for line in table.splitlines() if line.startswith("| "))}
     ratio = report.paper_ratio(means).set_index(["model", "attack"])["ratio"]

@@ -37,7 +37,7 @@ def test_rerun_reuses_everything(tiny_suite, tmp_path, monkeypatch):
     before = _results(tmp_path / "run")
     calls = []
     monkeypatch.setattr(evaluate, "run_evaluation", lambda *a, **k: calls.append(1))
-    monkeypatch.setattr("benchmark.node_fns.fit", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr("benchmark.nodes.fit", lambda *a, **k: calls.append(1))
     run_suite(path, tmp_path / "run", device="cpu")
     assert calls == [] and _results(tmp_path / "run") == before
 

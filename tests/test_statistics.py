@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from benchmark import check, evaluate, examples, report, run_suite, stats
+from benchmark.report.verdicts import verdicts as verdict_lines
 from benchmark import claims
 from benchmark.cli import main
 from conftest import TINY_SUITE
@@ -174,7 +175,7 @@ def test_claims_reproduce_a_paper_that_is_our_run_and_contradict_one_that_is_not
     changed = claims.claims_frame(shifted, reps).set_index("claim")["verdict"]
     assert changed["ADV/ORIG ratio of base under fgsm"] == "contradicted (ours lower)"
     assert changed["ADV/ORIG ratio of aft-fgsm under jsma"] == "contradicted (ours higher)"
-    text = "\n".join(report.verdicts(results, reps, against=shifted))
+    text = "\n".join(verdict_lines(results, reps, against=shifted))
     assert "value constructed" in text and "direction constructed" in text and "contradicted (ours lower)" in text
     assert "| reproduced" in text
 
