@@ -19,7 +19,6 @@ Exit 0: no regression; 1: a regression (cells printed with the metric, both valu
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,8 @@ from tabulate import tabulate
 from benchmark import examples as examples_csv
 from benchmark import stats
 from benchmark.errors import UserError
-from benchmark.report import cells, check_results, load_results
+from benchmark.report import cells, load_results
+from benchmark.report.frames import read_results
 
 KEYS = ["model", "attack", "size"]
 METRICS = {"orig_acc": "correct_orig", "adv_acc": "correct_adv"}
@@ -231,9 +231,4 @@ def _load(path: Path) -> tuple[dict, Path | None]:
         return load_results(path), path
     if not path.is_file():
         raise UserError(f"baseline not found: {path}")
-    try:
-        results = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not a results JSON ({exc})") from None
-    check_results(results, path)
-    return results, (path.parent if path.name == "results.json" else None)
+    return read_results(path, "not a results JSON"), (path.parent if path.name == "results.json" else None)

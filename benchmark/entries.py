@@ -260,7 +260,7 @@ def pretrained_weights(entry: dict, where: str, fail, suite_dir: Path) -> dict[s
         state = sources.read_state(file)
     except UserError as exc:
         raise fail(f"{where}pretrained: {exc}") from None
-    from benchmark.models import ARCHITECTURES, Resized
+    from benchmark.models import Resized
 
     net = ARCHITECTURES.get(entry["arch"])(10)  # the head's width does not matter: it is never loaded
     why = pretrained_mismatch((net.net if isinstance(net, Resized) else net).state_dict(), state)

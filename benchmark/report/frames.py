@@ -20,10 +20,15 @@ def load_results(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / "results.json"
     if not path.is_file():
         raise UserError(f"no results.json in {run_dir} (run the suite first)")
+    return read_results(path, "not valid JSON")
+
+
+def read_results(path: Path, not_json: str) -> dict[str, Any]:
+    """A results file's content, checked (check_results); `not_json` says what a file that is no JSON is."""
     try:
         results = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
+        raise UserError(f"{path}: {not_json} ({exc})") from None
     check_results(results, path)
     return results
 
