@@ -32,6 +32,7 @@ class Evaluation:
     attack: AttackSpec
     seed: int
     size: int  # the largest evaluation size: smaller ones are its prefixes
+    source: str | None = None  # a transfer attack's images are crafted on this model (benchmark.transfer)
 
 
 @dataclass

@@ -49,6 +49,15 @@ class AttackSpec:
     adapter: str
     params: dict[str, Any]
     sweep: tuple[str, Any] | None = None
+    # A transfer attack's images are crafted on this model and evaluated on every model of the matrix;
+    # PARENT: on each model's parent (a check's transfer from the parent).
+    source: str | None = None
+    check: str | None = None  # the robustness check (benchmark.checks) that derived it from a suite attack
+    checks: str | None = None  # that suite attack's name
+    minimal_eps: dict[str, Any] | None = None  # {"max", "steps"}: per-image smallest eps (benchmark.minimal)
+
+
+PARENT = "@parent"
 
 
 def check_finite(value: Any, where: str, fail) -> None:
@@ -124,7 +133,11 @@ def parse_attacks(table: dict, fail) -> dict[str, AttackSpec]:
         check_identifier(name, "attack", fail)
         if not isinstance(entry, dict) or not isinstance(entry.get("adapter"), str):
             raise fail(f"attacks.{name} needs adapter = \"...\" (see `python -m benchmark attacks`)")
-        params = {k: v for k, v in entry.items() if k != "adapter"}
+        params = {k: v for k, v in entry.items() if k not in ("adapter", "source", "minimal_eps")}
+        source = entry.get("source")
+        if source is not None and (not isinstance(source, str) or not source):
+            raise fail(f"attacks.{name}.source must name a model of the suite, got {source!r}")
+        minimal = parse_minimal_eps(entry, params, name, fail)
         swept = [k for k, v in params.items() if isinstance(v, list)]
         if len(swept) > 1:
             raise fail(f"attacks.{name}: sweep one parameter at a time (lists given for {', '.join(swept)})")
@@ -136,12 +149,17 @@ def parse_attacks(table: dict, fail) -> dict[str, AttackSpec]:
             raise fail(f"attacks.{name}.{swept[0]} repeats the value {repeated[0]!r}")
         for sweep in values:
             concrete = dict(params) if sweep is None else {**params, sweep[0]: sweep[1]}
+            if minimal is not None:  # the search sets eps per image; the spec (and describe()) carry its upper end
+                concrete["eps"] = minimal["max"]
             for key, value in concrete.items():
                 if key.startswith("eps") and isinstance(value, (int, float)) and value < 0:
                     raise fail(f"attacks.{name}.{key} must be >= 0, got {value}")
             try:
                 attack = get_attack(entry["adapter"], **concrete)
             except (ValueError, TypeError) as exc:
+                if minimal is not None and "unknown parameter(s) eps" in str(exc):
+                    raise fail(f"attacks.{name}: minimal_eps needs an attack with an eps parameter; "
+                               f"{entry['adapter']} has none") from None
                 raise fail(f"attacks.{name}: {exc}") from None
             except Exception as exc:  # noqa: BLE001  (a registered family's own code: any failure, one line)
                 raise fail(f"attacks.{name}: {entry['adapter']} failed to build: {describe_failure(exc)}") from None
@@ -162,8 +180,30 @@ def parse_attacks(table: dict, fail) -> dict[str, AttackSpec]:
             full = name if sweep is None else f"{name}@{sweep[0]}={sweep[1]}"
             if full in out:
                 raise fail(f"attacks.{name}: expands to {full!r}, which another attack is already called")
-            out[full] = AttackSpec(full, name, entry["adapter"], concrete, sweep)
+            out[full] = AttackSpec(full, name, entry["adapter"], concrete, sweep, source=source, minimal_eps=minimal)
     return out
+
+
+def parse_minimal_eps(entry: dict, params: dict, name: str, fail) -> dict[str, Any] | None:
+    """`minimal_eps = { max = 0.05, steps = 8 }`: bisect eps in [0, max] (the attack's own eps space) per image."""
+    value = entry.get("minimal_eps")
+    if value is None:
+        return None
+    where = f"attacks.{name}.minimal_eps"
+    if not isinstance(value, dict):
+        raise fail(f"{where} must be a table, e.g. minimal_eps = {{ max = 0.05, steps = 8 }}")
+    check_unknown(value, {"max", "steps"}, f"{where}.", fail)
+    top, steps = value.get("max"), value.get("steps", 8)
+    if not isinstance(top, (int, float)) or isinstance(top, bool) or not top > 0:
+        raise fail(f"{where}.max must be a positive number (the largest eps searched), got {top!r}")
+    if not is_int(steps) or not 1 <= steps <= 24:
+        raise fail(f"{where}.steps must be an integer from 1 to 24 (bisection steps: precision max / 2**steps), "
+                   f"got {steps!r}")
+    if "eps" in params:
+        raise fail(f"attacks.{name}: minimal_eps searches eps itself; leave eps out")
+    if "source" in entry:
+        raise fail(f"attacks.{name}: minimal_eps and source together are not supported")
+    return {"max": float(top), "steps": steps}
 
 
 def parse_models(table: dict, attack_table: dict, fail, suite_dir: Path) -> dict[str, ModelSpec]:
@@ -177,6 +217,12 @@ def parse_models(table: dict, attack_table: dict, fail, suite_dir: Path) -> dict
             check_typed(entry, FINETUNE_KEYS, where, fail)
             if entry.get("attack") not in attack_table:
                 raise fail(f"{where}attack must name an attack; defined: {', '.join(attack_table)}")
+            if "minimal_eps" in attack_table[entry["attack"]]:
+                raise fail(f"{where}attack {entry['attack']!r} searches its eps per image (minimal_eps); fine-tune "
+                           "on an attack with one eps")
+            if "source" in attack_table[entry["attack"]]:
+                raise fail(f"{where}attack {entry['attack']!r} is a transfer attack (source = ...); a fine-tune "
+                           "perturbs its images against its parent: name an attack without source")
             if any(isinstance(v, list) for v in attack_table[entry["attack"]].values()):
                 raise fail(f"{where}attack {entry['attack']!r} sweeps a parameter; fine-tune on one attack")
             full = {"from": entry["from"], "attack": entry["attack"],

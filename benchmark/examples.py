@@ -2,7 +2,8 @@
 
 Columns: model, attack, attack_family, seed, position (0-based place in the seed's evaluation order; size s is
 positions < s), index (into the test split), label, pred_orig, pred_adv, correct_orig, correct_adv, and the
-perturbation's l0 (changed pixel-channels), l2 and linf in pixel space ([0,1] images). Every accuracy cell of
+perturbation's l0 (changed pixel-channels), l2 and linf in pixel space ([0,1] images), and where a run has an
+attack with `minimal_eps`, min_eps (empty for the other attacks). Every accuracy cell of
 results.json is the mean of `correct_orig` or `correct_adv` over positions < size of one (model, attack, seed).
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from benchmark.store import atomic_write
 FILE = "examples.csv"
 COLUMNS = ["model", "attack", "attack_family", "seed", "position", "index", "label", "pred_orig", "pred_adv",
            "correct_orig", "correct_adv", "l0", "l2", "linf"]
+OPTIONAL = ["min_eps"]  # an attack with minimal_eps (benchmark.minimal): 0 already wrong, inf not fooled at max
 
 
 def frame(jobs: Iterable, outcomes: Iterable[dict]) -> pd.DataFrame:
@@ -28,7 +30,8 @@ def frame(jobs: Iterable, outcomes: Iterable[dict]) -> pd.DataFrame:
         n = len(outcome["label"])
         part = pd.DataFrame({"position": range(n), "index": outcome["indices"][:n], "label": outcome["label"],
                              "pred_orig": outcome["orig_pred"], "pred_adv": outcome["adv_pred"],
-                             "l0": outcome["l0"], "l2": outcome["l2"], "linf": outcome["linf"]})
+                             "l0": outcome["l0"], "l2": outcome["l2"], "linf": outcome["linf"],
+                             **({"min_eps": outcome["min_eps"]} if "min_eps" in outcome else {})})
         part.insert(0, "seed", job.seed)
         part.insert(0, "attack_family", job.attack.family)
         part.insert(0, "attack", job.attack.name)
@@ -37,7 +40,7 @@ def frame(jobs: Iterable, outcomes: Iterable[dict]) -> pd.DataFrame:
     out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
     out["correct_orig"] = out["pred_orig"] == out["label"]
     out["correct_adv"] = out["pred_adv"] == out["label"]
-    return out[COLUMNS]
+    return out[COLUMNS + [c for c in OPTIONAL if c in out]]
 
 
 def write(path: Path, jobs: Iterable, outcomes: Iterable[dict]) -> pd.DataFrame:

@@ -3,7 +3,7 @@ them, so a node two suites share (same data, recipe, attack...) is one node and 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 from benchmark.context import Evaluation, Work
@@ -11,6 +11,8 @@ from benchmark.graph import Node
 from benchmark.nodes import (adversarial_set_node, base_model_node, build_attack, evaluation_node, finetune_node,
                              recipe_identity)
 from benchmark.suite import digest
+from benchmark.minimal import minimal_node
+from benchmark.transfer import crafted_node, probe_node, transfer_node
 
 
 @dataclass
@@ -20,6 +22,7 @@ class Plan:
     evaluations: list[tuple[Evaluation, str]]
     node_ids: set[str]
     stages: dict[str, str]  # node id -> timing label
+    probes: dict[str, str] = field(default_factory=dict)  # model -> its probe node (benchmark.transfer)
 
 
 def plan_graph(works: list[Work]) -> tuple[list[Node], list[Plan]]:
@@ -57,14 +60,33 @@ def plan_graph(works: list[Work]) -> tuple[list[Node], list[Plan]]:
                 (parent, adv), partial(finetune_node, name=spec.name, parent=parent, adversarial_set=adv)), plan)
         size = max(suite.sizes)
         for model in suite.matrix_models:
-            for attack_name in suite.matrix_attacks:
+            for attack_name in suite.evaluated_attacks:
                 spec = suite.attacks[attack_name]
+                if not suite.evaluates(model, spec):
+                    continue
+                source = suite.source_of(spec, model)
                 for seed in suite.seeds:
-                    job = Evaluation(model, spec, seed, size)
+                    job = Evaluation(model, spec, seed, size, source)
                     what = [spec.adapter, build_attack(spec, seed).describe(), seed, size]
-                    node = Node(digest(["evaluation", plan.models[model], what, same, batch]),
-                                f"{label}{attack_name} on {model} (seed {seed})", f"attack:{attack_name}", work.token,
-                                (plan.models[model],), partial(evaluation_node, job=job, model=plan.models[model]))
+                    title = f"{label}{attack_name} on {model} (seed {seed})"
+                    if source is None:  # a per-image eps search (benchmark.minimal) or one evaluation
+                        run = minimal_node if spec.minimal_eps else evaluation_node
+                        node = Node(digest(["evaluation", plan.models[model], what, spec.minimal_eps, same, batch]),
+                                    title, f"attack:{attack_name}", work.token, (plan.models[model],),
+                                    partial(run, job=job, model=plan.models[model]))
+                    else:  # crafted once per source, attack and seed; evaluated on each target
+                        crafted = add(Node(digest(["crafted", plan.models[source], what, same, batch]),
+                                           f"{label}craft {attack_name} on {source} (seed {seed})",
+                                           f"attack:{attack_name}", work.token, (plan.models[source],),
+                                           partial(crafted_node, job=job, source=plan.models[source])), plan)
+                        node = Node(digest(["transfer", plan.models[model], crafted, same]), title,
+                                    f"attack:{attack_name}", work.token, (plan.models[model], crafted),
+                                    partial(transfer_node, job=job, model=plan.models[model], crafted=crafted))
                     plan.evaluations.append((job, add(node, plan)))
+            if suite.checks.probe_images:
+                n = min(suite.checks.probe_images, len(work.data.test_y))
+                plan.probes[model] = add(Node(digest(["probes", plan.models[model], n, same]),
+                                              f"{label}probe {model}", "checks", work.token, (plan.models[model],),
+                                              partial(probe_node, name=model, node=plan.models[model])), plan)
         plans.append(plan)
     return list(nodes.values()), plans

@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import torch
 
 from benchmark import data as datasets
@@ -140,7 +141,11 @@ def write_run(work: Work, plan: Plan, outcome: Outcome, out: Path, executor: dic
     results = {"suite": suite.raw, "suite_files": suite.chain, "suite_name": suite.name, "suite_hash": suite.hash,
                "profile": suite.profile, "plan": suite.plan(), "data": data.identity, "device": executor["device"], "executor": executor,
                "versions": work.versions, "git_commit": env.git_commit(),
-               "models": model_info, "reference": suite.reference, "classes": data.classes, "cells": rows}
+               "models": model_info, "reference": suite.reference, "classes": data.classes, "cells": rows,
+               "checks": {"config": suite.checks.describe(),
+                          "compared": {name: {"check": check, "checks": of} for name, check, of in suite.checks.uses},
+                          "probes": {model: {k: v for k, v in outcome.values[node].items() if k != "computed"}
+                                     for model, node in plan.probes.items()}}}
     examples.write(out / examples.FILE, jobs, outcomes)  # first: a results.json always has its examples
     atomic_json(out / "results.json", results)
     # data: loading and checks; graph: the executor's wall time for every suite of the command; a stage: the
@@ -199,5 +204,14 @@ def summarize(suite: Suite, model_info: dict[str, dict], num_classes: int, jobs:
             # the test split).
             row["finetune_overlap"] = (sum(i in tuned_on for i in outcome["indices"][:size])
                                        if test_split else 0)
+            if "min_eps" in outcome:  # over the originally correct: the median minimal eps, and the share fooled
+                found = [e for e, y, p in zip(outcome["min_eps"][:size], outcome["label"], outcome["orig_pred"])
+                         if y == p]
+                median = float(np.median(found)) if found else float("nan")
+                row["min_eps_median"] = median if np.isfinite(median) else None  # None: above the searched max
+                row["min_eps_fooled"] = float(np.mean(np.isfinite(found))) if found else float("nan")
+            for key, value in (("source", job.source), ("check", job.attack.check), ("checks", job.attack.checks)):
+                if value is not None:  # a transfer attack's source model; the check that derived an attack
+                    row[key] = value
             rows.append(row)
     return rows

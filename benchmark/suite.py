@@ -16,15 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from benchmark import extends
+from benchmark.checks import Checks, parse_checks
 from benchmark.data import KNOWN_SHAPES, SOURCES, SYNTHETIC_SIZE, resolved
-from benchmark.entries import (AttackSpec, ModelSpec, parse_attacks, check_finite, is_int, parse_models, name_list, parse_reference,
-                               check_unknown)
+from benchmark.entries import (PARENT, AttackSpec, ModelSpec, check_finite, check_unknown, is_int, name_list,
+                               parse_attacks, parse_models, parse_reference)
 from benchmark.errors import UserError
 from benchmark.evaluate import BATCH as ATTACK_BATCH
 
 SCHEMA = 1
 TOP_KEYS = {"schema", "name", "description", "profile", "data", "models", "attacks", "matrix", "evaluation",
-            "reference"}
+            "reference", "checks"}
 TOP_TYPES = {"name": str, "description": str, "profile": str}
 PROFILES = ("paper", "paper-code", "custom")
 SYNTHETIC_MAX = 1_000_000  # images per split of the synthetic source (3 KiB each: 3 GiB)
@@ -46,6 +47,21 @@ class Suite:
     eval_batch_size: int  # the attack batch: rounding can follow it, so keys carry it
     reference: dict[str, Any] = field(default_factory=dict)
     chain: list[str] = field(default_factory=list)  # the suite file, then each file it extends
+    checks: Checks = field(default_factory=Checks)
+    check_attacks: list[str] = field(default_factory=list)  # attacks the checks derive (in `attacks` too)
+
+    @property
+    def evaluated_attacks(self) -> list[str]:
+        """The matrix's attacks, then those its checks derive: every model of the matrix is evaluated under each."""
+        return self.matrix_attacks + self.check_attacks
+
+    def source_of(self, attack: AttackSpec, model: str) -> str | None:
+        """The model a transfer attack crafts its images on when evaluated on `model` (None: on `model` itself,
+        or for a check's transfer from the parent on a model without one: not evaluated)."""
+        return self.models[model].parent if attack.source == PARENT else attack.source
+
+    def evaluates(self, model: str, attack: AttackSpec) -> bool:
+        return attack.source != PARENT or self.models[model].parent is not None
 
     def root(self, name: str) -> ModelSpec:
         """The base model a model descends from (itself for a base model)."""
@@ -61,7 +77,8 @@ class Suite:
     def plan(self) -> dict[str, Any]:
         base = [m for m in self.models.values() if m.parent is None and not m.loaded]
         tuned = [m for m in self.models.values() if m.parent is not None]
-        evaluations = len(self.matrix_models) * len(self.matrix_attacks) * len(self.seeds)
+        evaluations = len(self.seeds) * sum(self.evaluates(m, self.attacks[a]) for m in self.matrix_models
+                                            for a in self.evaluated_attacks)
         return {"suite": self.name, "profile": self.profile, "data": self.data["source"],
                 "base_models": [m.name for m in base],
                 "loaded_models": {m.name: m.entry.get("file", m.entry["source"]) for m in self.models.values()
@@ -69,7 +86,8 @@ class Suite:
                 "adversarial_sets": [f"{m.entry['images']} x {m.entry['attack']} on {m.parent} "
                                      f"({m.entry['split']} split)" for m in tuned],
                 "finetuned_models": [m.name for m in tuned],
-                "attacks": list(self.matrix_attacks),
+                "attacks": list(self.matrix_attacks), "check_attacks": list(self.check_attacks),
+                "checks": self.checks.describe(),
                 "evaluations": evaluations, "cells": evaluations * len(self.sizes)}
 
 
@@ -163,6 +181,12 @@ def parse(raw: dict[str, Any], path: Path) -> Suite:
         if not expanded:
             raise fail(f"matrix.attacks names unknown attack {name!r}; defined: {', '.join(raw['attacks'])}")
         matrix_attacks += expanded
+    for spec in attacks.values():
+        if spec.source is not None and spec.source not in models:
+            raise fail(f"attacks.{spec.family}.source names unknown model {spec.source!r}; defined: {', '.join(models)}")
+    checks, derived = parse_checks(raw.get("checks"), attacks, name_list(matrix.get("attacks"), "matrix.attacks", fail),
+                                   fail)
+    attacks = {**attacks, **derived}
 
     evaluation = raw["evaluation"]
     check_unknown(evaluation, {"sizes", "seeds", "batch_size"}, "evaluation.", fail)
@@ -183,7 +207,7 @@ def parse(raw: dict[str, Any], path: Path) -> Suite:
     suite = Suite(path=path, raw=raw, name=str(raw.get("name", path.stem)), profile=profile, data=data,
                   models=models, attacks=attacks, matrix_models=matrix_models, matrix_attacks=matrix_attacks,
                   sizes=sorted(sizes), seeds=list(seeds), eval_batch_size=batch,
-                  reference=reference)
+                  reference=reference, checks=checks, check_attacks=list(derived))
     splits = known_splits(data)
     if splits is not None:
         check_sizes(suite, *splits)

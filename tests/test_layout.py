@@ -56,9 +56,10 @@ def test_adapters_never_import_the_benchmark():
 LAYERS = ([f"adapters.{m}" for m in "rng base registry families jsma_origin via_torchattacks via_art catalog".split()]
           + [f"benchmark.{m}" for m in (
               "errors store env data models train evaluate builders code_hashes fingerprint sources extends entries "
-              "suite preflight graph ray_executor executor context nodes plan examples stats claims report.frames "
+              "checks suite preflight graph ray_executor executor context nodes transfer minimal plan examples stats claims "
+              "flags report.frames "
               "report report.figures report.provenance report.training report.paper report.verdicts "
-              "report.agreement report.per_image report.comparison report.environment runner check perf cli "
+              "report.agreement report.robustness report.matrix report.curves report.per_image report.comparison report.environment runner check perf cli "
               "__main__").split()])
 
 

@@ -37,8 +37,8 @@ class Section:
 
 SECTIONS = Registry("report section", group="adv_transfer_bench.report_sections", item_type=Section,
                     builtin=tuple(f"benchmark.report.{m}" for m in (
-                        "provenance", "training", "paper", "verdicts", "agreement", "per_image", "comparison",
-                        "figures", "environment")))
+                        "provenance", "training", "paper", "verdicts", "agreement", "robustness", "matrix", "curves", "per_image",
+                        "comparison", "figures", "environment")))
 
 
 def section(name: str, *, order: float):

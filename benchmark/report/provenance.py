@@ -63,7 +63,10 @@ def model_sources(results: dict) -> list[str]:
         if source is None:  # results from before sources were recorded
             continue
         if source["kind"] == "trained":
-            text = f"trained here: `{source['arch']}`, {source['epochs']} epoch(s), seed {source['seed']}"
+            ran = len(info.get("history") or [])
+            epochs = (f"{ran} of up to {source['epochs']} epochs (early stop; the weights of epoch "
+                      f"{info.get('best_epoch')})" if info.get("stopped_early") else f"{source['epochs']} epoch(s)")
+            text = f"trained here: `{source['arch']}`, {epochs}, seed {source['seed']}"
             if source.get("pretrained"):
                 text += (f", starting from `{source['pretrained']['file']}` (sha256 "
                          f"{source['pretrained']['sha256'][:12]}; head replaced)")

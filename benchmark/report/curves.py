@@ -1,0 +1,68 @@
+"""Section: accuracy-vs-eps curves from per-image minimal eps (benchmark.minimal), with each model's median."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tabulate import tabulate
+
+from benchmark.report import Report, section
+from benchmark.report.frames import slug
+from benchmark.stats import distinct_images
+
+POINTS = 101  # eps values per curve, 0 to the searched maximum
+
+
+@section("minimal-eps", order=78)
+def minimal_eps_section(report: Report) -> list[str]:
+    examples = report.examples
+    if examples is None or "min_eps" not in examples or examples["min_eps"].isna().all():
+        return []
+    entries = {name: entry for name, entry in (report.results.get("suite") or {}).get("attacks", {}).items()
+               if isinstance(entry, dict) and "minimal_eps" in entry}
+    lines = ["## Robustness curves from per-image minimal eps\n",
+             "Per image, the smallest eps (in the attack's own space, see its entry) at which the attack fools the "
+             "model, by bisection in [0, max]; accuracy at e is the share of images correct originally whose "
+             "minimal eps exceeds e. Each test image once (seeds' subsets overlap). Median over the originally "
+             "correct images ('> max': more than half not fooled at max).\n"]
+    rows = []
+    for family, group in examples[examples["min_eps"].notna()].groupby("attack_family", sort=False):
+        entry = entries.get(family, {})
+        top = float(entry.get("minimal_eps", {}).get("max", group.loc[np.isfinite(group["min_eps"]), "min_eps"].max()))
+        grid = np.linspace(0, top, POINTS)
+        curves = {}
+        for model, g in group.groupby("model", sort=False):
+            g = distinct_images(g.set_index(["seed", "position"]))
+            eps = g["min_eps"].to_numpy(float)
+            correct = g["correct_orig"].to_numpy(bool)
+            curves[model] = [100 * float(np.mean(correct & (eps > e))) for e in grid]
+            median = float(np.median(eps[correct])) if correct.any() else float("nan")
+            rows.append([model, family, len(g), "> max" if np.isinf(median) else f"{median:.4g}",
+                         f"{100 * np.mean(np.isfinite(eps[correct])):.1f}" if correct.any() else "",
+                         f"{curves[model][-1]:.1f}", f"{top:g}"])
+        if report.with_figures:
+            lines.append(_figure(family, grid, curves, entry.get("space", "pixel"), report.run_dir))
+    lines += ["", tabulate(rows, headers=["model", "attack", "images", "median minimal eps", "fooled at max %",
+                                          "accuracy at max %", "max"], tablefmt="github", disable_numparse=True), ""]
+    return lines
+
+
+def _figure(family: str, grid: np.ndarray, curves: dict[str, list[float]], space: str, run_dir: Path) -> str:
+    from benchmark.report.figures import pyplot
+
+    plt = pyplot()
+    fig_dir = Path(run_dir) / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for model, curve in curves.items():
+        ax.plot(grid, curve, label=model)
+    ax.set_xlabel(f"eps ({space} space)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"{family}: from per-image minimal eps")
+    ax.legend()
+    fig.tight_layout()
+    name = f"minimal-eps-{slug(family)}.png"
+    fig.savefig(fig_dir / name, dpi=110)
+    plt.close(fig)
+    return f"![{family} minimal eps](figures/{name})"
+

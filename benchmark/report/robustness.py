@@ -1,0 +1,102 @@
+"""Sections: "Is the robustness real?" (the flags of benchmark.flags, per model) and the source x target tables
+of transfer attacks, with their heatmaps."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+from benchmark.flags import ALPHA, CHECKS, flags
+from benchmark.report import Report, section
+from benchmark.report.frames import slug
+
+
+@section("robustness-checks", order=75)
+def robustness_section(report: Report) -> list[str]:
+    table = flags(report.results, report.examples)
+    if table.empty:
+        return []
+    raised = table[table["flag"] == True]
+    lines = ["## Is the robustness real?\n",
+             "Per model, each check of benchmark.checks: what was measured, whether it raised a flag, and what to do "
+             f"about one. Paired comparisons are on the same images (largest size, each test image once), "
+             f"significant at McNemar's exact p < {ALPHA}. " + "; ".join(f"**{k}**: {v[0]}" for k, v in CHECKS.items())
+             + ".\n"]
+    if "checks" not in report.results:
+        lines.append("This run predates the checks: only what its cells already hold (eps sweeps) is checked; rerun "
+                     "its suite for the probes, and add `[checks]` for the attacks they need.\n")
+    ran = int(table["flag"].notna().sum())
+    if ran == 0:
+        lines.append("No check could run on this run (below: what each needs).\n")
+    elif raised.empty:
+        lines.append(f"No check raised a flag ({ran} of {len(table)} ran).\n")
+    else:
+        lines.append("**Flags raised:** " + "; ".join(f"{r.model}: {r.check}" for r in raised.itertuples()) + ".\n")
+    rows = [[r.model, r.check, r.measured, {True: "**FLAG**", False: "ok", None: "-"}[r.flag],
+             r.remedy if r.flag else ""] for r in table.itertuples()]
+    lines += [tabulate(rows, headers=["model", "check", "measured", "flag", "remedy"], tablefmt="github",
+                       disable_numparse=True), ""]
+    return lines
+
+
+@section("transfer", order=76)
+def transfer_section(report: Report) -> list[str]:
+    frame = report.frame
+    if "source" not in frame:
+        return []
+    user = frame[frame["check"].isna()] if "check" in frame else frame
+    transfers = user[user["source"].notna()]
+    if transfers.empty:
+        return []
+    size = int(frame["size"].max())
+    params = {a: json.dumps(spec, sort_keys=True, default=str) for a, spec in _attack_entries(report.results).items()}
+    lines = ["## Transfer attacks\n",
+             f"Accuracy (%) of each target model (columns) on images crafted on each source model (rows), mean over "
+             f"seeds, {size} images per seed, the same images per seed for every cell; the diagonal is the white-box "
+             "attack of the same parameters where the suite has it. Lower: the images transfer better.\n"]
+    at = user[user["size"] == size]
+    for family, group in transfers[transfers["size"] == size].groupby("attack_family", sort=False):
+        same = [a for a, p in params.items() if p == params.get(family)]
+        cells = at[at["attack_family"].isin(same)]
+        cells = cells.assign(src=cells["source"].where(cells["source"].notna(), cells["model"]))
+        grid = (cells.groupby(["src", "model"], sort=False)["adv_acc"].mean() * 100).unstack("model")
+        grid = grid.reindex(index=list(dict.fromkeys(cells["src"])), columns=list(dict.fromkeys(cells["model"])))
+        rows = [[source] + ["" if np.isnan(v) else f"{v:.1f}" for v in grid.loc[source]] for source in grid.index]
+        lines += [f"**{family}** ({', '.join(same)}):\n",
+                  tabulate(rows, headers=["source \\ target"] + list(grid.columns), tablefmt="github",
+                           disable_numparse=True), ""]
+        if report.with_figures:
+            lines += [_heatmap(grid, family, report.run_dir), ""]
+    return lines
+
+
+def _attack_entries(results: dict) -> dict[str, dict]:
+    """Each suite attack's entry without its source: attacks equal but for it share one table."""
+    return {name: {k: v for k, v in entry.items() if k != "source"}
+            for name, entry in (results.get("suite") or {}).get("attacks", {}).items()}
+
+
+def _heatmap(grid: pd.DataFrame, family: str, run_dir: Path) -> str:
+    from benchmark.report.figures import pyplot
+
+    plt = pyplot()
+    fig_dir = Path(run_dir) / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * grid.shape[1], 1.2 + 0.6 * grid.shape[0]))
+    image = ax.imshow(grid.to_numpy(dtype=float), cmap="viridis", vmin=0, vmax=100)
+    ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=30, ha="right")
+    ax.set_yticks(range(grid.shape[0]), grid.index)
+    ax.set_xlabel("target (evaluated on)")
+    ax.set_ylabel("source (crafted on)")
+    for i, j in zip(*np.nonzero(~np.isnan(grid.to_numpy(dtype=float)))):
+        ax.text(j, i, f"{grid.iat[i, j]:.1f}", ha="center", va="center", color="white", fontsize=8)
+    fig.colorbar(image, ax=ax, label="accuracy (%)")
+    ax.set_title(f"{family}: transfer")
+    fig.tight_layout()
+    name = f"transfer-{slug(family)}.png"
+    fig.savefig(fig_dir / name, dpi=110)
+    plt.close(fig)
+    return f"![{family} transfer](figures/{name})"
