@@ -5,10 +5,15 @@ benchmark.flags; the report section: benchmark.report.robustness.
 
     [checks]
     multistep = { steps = 10 }        # PGD at each one-step attack's eps and space (alpha = 2.5 eps / steps)
-    black_box = { n_queries = 1000 }  # Square (score-based, no gradients) at each one-step attack's eps and space
+    black_box = { n_queries = 1000 }  # Square (score-based, no gradients) at each one-step attack's eps and space,
+                                      # against FGSM and PGD together (asks for multistep's PGD if not given)
     from_parent = ["fgsm"]            # those attacks crafted on each fine-tuned model's parent (true: every
                                       # gradient-based attack of the matrix)
     probe_images = 100                # gradients, randomness, softmax outputs on this many test images (0: none)
+
+from_parent's limit: a fine-tune trained on images its own attack crafted on the parent has seen that
+distribution, so the transfer check leans towards staying quiet on it; a source trained apart (an attack with
+`source = "<model>"`) avoids that.
 
 Every derived attack is an evaluation like the suite's own (same images and seeds, keyed, per image in
 examples.csv), so the worst case over attacks includes it. A suite without [checks] derives none; the probes
@@ -35,9 +40,12 @@ class Checks:
     multistep: dict[str, Any] | None = None  # PGD's steps and random start
     black_box: dict[str, Any] | None = None  # Square's query budget and initial square size
     from_parent: tuple[str, ...] = ()  # suite attacks (as the matrix names them) crafted on each model's parent
-    probe_images: int = DEFAULT_PROBE_IMAGES
+    probe_images: int | None = None  # None: DEFAULT_PROBE_IMAGES, or the whole test split where it is smaller
     # (attack, check, the attack it checks): derived attacks, and matrix attacks a check found already there
     uses: tuple[tuple[str, str, str], ...] = ()
+
+    def probes(self, n_test: int) -> int:
+        return min(DEFAULT_PROBE_IMAGES, n_test) if self.probe_images is None else self.probe_images
 
     def describe(self) -> dict[str, Any]:
         out = {**asdict(self), "from_parent": list(self.from_parent)}
@@ -54,8 +62,8 @@ def parse_checks(table: Any, attacks: dict[str, AttackSpec], matrix_families: li
     if not isinstance(table, dict):
         raise fail("checks must be a table, e.g. [checks] multistep = { steps = 10 }")
     check_unknown(table, {"multistep", "black_box", "from_parent", "probe_images"}, "checks.", fail)
-    probes = table.get("probe_images", DEFAULT_PROBE_IMAGES)
-    if not is_int(probes) or probes < 0:
+    probes = table.get("probe_images")
+    if probes is not None and (not is_int(probes) or probes < 0):
         raise fail(f"checks.probe_images must be a non-negative integer (0: no probes), got {probes!r}")
     in_matrix = [a for a in attacks.values() if a.family in matrix_families and a.check is None
                  and a.minimal_eps is None]  # a per-image eps search has no one eps to check
@@ -64,6 +72,8 @@ def parse_checks(table: Any, attacks: dict[str, AttackSpec], matrix_families: li
     uses: list[tuple[str, str, str]] = []
     multistep = _budget(table, "multistep", MULTISTEP_KEYS, {"steps": 10, "random_start": True}, fail)
     black_box = _budget(table, "black_box", BLACK_BOX_KEYS, {"n_queries": 1000, "p_init": 0.8}, fail)
+    if black_box is not None and multistep is None:  # Square is compared with FGSM and PGD together: the
+        multistep = {"steps": 10, "random_start": True}  # one-step attack alone would make Square look strong
     for check, budget in (("multistep", multistep), ("black_box", black_box)):
         if budget is None:
             continue
@@ -128,8 +138,8 @@ def _budget(table: dict, check: str, keys: dict[str, type], defaults: dict[str, 
         ok = isinstance(v, bool) if kind is bool else (isinstance(v, (int, float)) and not isinstance(v, bool)
                                                        and (kind is float or is_int(v)) and v > 0)
         if not ok:
-            raise fail(f"checks.{check}.{key} must be {'true or false' if kind is bool else 'a positive number'}"
-                       f", got {v!r}")
+            what = {bool: "true or false", int: "a positive integer"}.get(kind, "a positive number")
+            raise fail(f"checks.{check}.{key} must be {what}, got {v!r}")
     return out
 
 

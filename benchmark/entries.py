@@ -158,8 +158,8 @@ def parse_attacks(table: dict, fail) -> dict[str, AttackSpec]:
                 attack = get_attack(entry["adapter"], **concrete)
             except (ValueError, TypeError) as exc:
                 if minimal is not None and "unknown parameter(s) eps" in str(exc):
-                    raise fail(f"attacks.{name}: minimal_eps needs an attack with an eps parameter; "
-                               f"{entry['adapter']} has none") from None
+                    raise fail(f"attacks.{name}: minimal_eps needs an attack whose eps bounds its perturbation "
+                               f"(Linf or L2: FGSM, PGD, ...); {entry['adapter']} has no eps") from None
                 raise fail(f"attacks.{name}: {exc}") from None
             except Exception as exc:  # noqa: BLE001  (a registered family's own code: any failure, one line)
                 raise fail(f"attacks.{name}: {entry['adapter']} failed to build: {describe_failure(exc)}") from None
@@ -194,6 +194,8 @@ def parse_minimal_eps(entry: dict, params: dict, name: str, fail) -> dict[str, A
         raise fail(f"{where} must be a table, e.g. minimal_eps = {{ max = 0.05, steps = 8 }}")
     check_unknown(value, {"max", "steps"}, f"{where}.", fail)
     top, steps = value.get("max"), value.get("steps", 8)
+    if top is None:
+        raise fail(f"{where} needs max (the largest eps searched), e.g. minimal_eps = {{ max = 0.05, steps = 8 }}")
     if not isinstance(top, (int, float)) or isinstance(top, bool) or not top > 0:
         raise fail(f"{where}.max must be a positive number (the largest eps searched), got {top!r}")
     if not is_int(steps) or not 1 <= steps <= 24:
@@ -201,6 +203,12 @@ def parse_minimal_eps(entry: dict, params: dict, name: str, fail) -> dict[str, A
                    f"got {steps!r}")
     if "eps" in params:
         raise fail(f"attacks.{name}: minimal_eps searches eps itself; leave eps out")
+    from adapters.catalog import NORMS
+
+    member = entry.get("adapter", "").rpartition(".")[2]
+    if member not in NORMS["Linf"] + NORMS["L2"]:  # an eps that bounds the perturbation (FGSM-, PGD-type)
+        raise fail(f"attacks.{name}: minimal_eps needs an attack whose eps bounds its perturbation (Linf or L2: "
+                   f"FGSM, PGD, ...); {entry.get('adapter')} is not one")
     if "source" in entry:
         raise fail(f"attacks.{name}: minimal_eps and source together are not supported")
     return {"max": float(top), "steps": steps}

@@ -55,15 +55,20 @@ def run_evaluation(model: torch.nn.Module, attack: Attack, images: torch.Tensor,
                    batch_size: int, desc: str) -> dict[str, list]:
     """Per-image outcome: true label, clean and adversarial predictions, and the perturbation's L0/L2/Linf in
     pixel space; `batch_invariant`: whether every random draw of the attack was tied to one image."""
-    clean = to_float(images)
     adv = attack_images(attack, model, images, labels, batch_size, desc)
+    return {**outcome(model, to_float(images), adv, labels), "batch_invariant": attack.batch_invariant,
+            "attack_batch_size": batch_size}
+
+
+def outcome(model: torch.nn.Module, clean: torch.Tensor, adv: torch.Tensor, labels: torch.Tensor) -> dict[str, list]:
+    """Per image: true label, the model's predictions on the clean and the adversarial images, and the
+    perturbation's L0 (changed pixel-channels), L2 and Linf in pixel space."""
     delta = (adv - clean).flatten(1)
     return {"label": labels.tolist(), "orig_pred": predict(model, clean).tolist(),
             "adv_pred": predict(model, adv).tolist(),
             "l0": (delta.abs() > 1e-6).sum(1).tolist(),
             "l2": [round(v, 6) for v in delta.norm(dim=1).tolist()],
-            "linf": [round(v, 6) for v in delta.abs().amax(1).tolist()],
-            "batch_invariant": attack.batch_invariant, "attack_batch_size": batch_size}
+            "linf": [round(v, 6) for v in delta.abs().amax(1).tolist()]}
 
 
 def summarize(outcome: dict[str, list], size: int, num_classes: int) -> dict[str, Any]:

@@ -6,10 +6,12 @@ Foolbox's epsilons and ARES's distortion benchmark do. One search gives the whol
     minimal_node     the graph's node for one (model, attack, seed): evaluate.run_evaluation's outcome at
                      eps = max, plus `min_eps` per image (0: misclassified already; inf: not fooled at max)
 
-Bisection assumes success is monotone in eps (a larger budget never helps the model); the "eps_sweep" check
-(benchmark.flags) is how a run finds out where it is not. Precision: max / 2**steps. Every call to the attack
-passes the images' evaluation positions, so its random draws are those of a plain evaluation (adapters.rng),
-whatever groups the bisection forms. Why in-house: the toolkits' attacks take one eps per call, and neither
+PGD-type step sizes (`alpha`) scale with eps (the suite gives them for eps = max). Bisection assumes success is
+monotone in eps (a larger budget never helps the model); the "eps_sweep" check
+(benchmark.flags) is how a run finds out where it is not. Precision: max / 2**steps; eps = 0 is tried first. Every call to
+the attack passes the images' evaluation positions, so an attack whose draws are tied to images (adapters.rng)
+draws as in a plain evaluation, whatever groups the bisection forms (one that draws otherwise, e.g. Square, is
+marked not batch-invariant). Why in-house: the toolkits' attacks take one eps per call, and neither
 torchattacks nor ART searches eps per image.
 """
 from __future__ import annotations
@@ -33,8 +35,12 @@ def minimal_node(ctx: Context, values: dict, *, job: Evaluation, model: str) -> 
     idx = evaluate.subset(len(ctx.data.test_y), job.size, job.seed)
     desc = f"{spec.name} on {job.model} (seed {job.seed}): minimal eps"
 
-    def make(eps: float):
-        return get_attack(spec.adapter, **{"seed": job.seed, **spec.params, "eps": eps})
+    top = spec.minimal_eps["max"]
+    alpha = get_attack(spec.adapter, **spec.params).describe().get("alpha")
+
+    def make(eps: float):  # a step size (PGD's alpha) scales with eps: it is given for eps = max
+        scaled = {"alpha": alpha * eps / top} if isinstance(alpha, (int, float)) and not isinstance(alpha, bool) else {}
+        return get_attack(spec.adapter, **{"seed": job.seed, **spec.params, "eps": eps, **scaled})
 
     def key_at(batch: int) -> str:
         return digest({"kind": "minimal-eps-evaluation", "model": [info["key"], info["weights"]],
@@ -48,12 +54,7 @@ def minimal_node(ctx: Context, values: dict, *, job: Evaluation, model: str) -> 
         images, labels = to_float(ctx.data.test_x[dev]), ctx.data.test_y[dev]
         adv, min_eps, invariant = search(net, make, images, labels, top=spec.minimal_eps["max"],
                                          steps=spec.minimal_eps["steps"], batch_size=batch, desc=desc)
-        delta = (adv - images).flatten(1)
-        return {"label": labels.tolist(), "orig_pred": predict(net, images).tolist(),
-                "adv_pred": predict(net, adv).tolist(), "l0": (delta.abs() > 1e-6).sum(1).tolist(),
-                "l2": [round(v, 6) for v in delta.norm(dim=1).tolist()],
-                "linf": [round(v, 6) for v in delta.abs().amax(1).tolist()], "min_eps": min_eps,
-                "batch_invariant": invariant, "attack_batch_size": batch, "indices": idx.tolist()}
+        return {**evaluate.outcome(net, images, adv, labels), "min_eps": min_eps, "batch_invariant": invariant, "attack_batch_size": batch, "indices": idx.tolist()}
 
     return evaluate.halving_on_oom(ctx.suite.eval_batch_size, lambda batch: cached(
         ctx, "evaluations", key_at(batch), partial(compute, batch)), desc=desc)
@@ -81,8 +82,17 @@ def search(model: torch.nn.Module, make, images: torch.Tensor, labels: torch.Ten
     wrong = predict(model, images).cpu() != labels.cpu()
     adv = attack(top, positions)
     fooled = predict(model, adv).cpu() != labels.cpu()
+    # eps = 0 can fool too (a clip acting alone, as the authors' normalized-space clamp does): tested first
+    candidates = (~wrong & fooled).nonzero().squeeze(1)
+    at_zero = torch.zeros(n, dtype=torch.bool)
+    if len(candidates):
+        zero = attack(0.0, candidates)
+        hit = predict(model, zero).cpu() != labels.cpu()[candidates]
+        at_zero[candidates[hit]] = True
+        adv[candidates[hit].to(adv.device)] = zero[hit.to(zero.device)]
     lo, hi = torch.zeros(n, dtype=torch.float64), torch.full((n,), float(top), dtype=torch.float64)
-    active = ~wrong & fooled
+    hi[at_zero] = 0.0
+    active = ~wrong & fooled & ~at_zero
     bar = tqdm(total=steps, desc=desc, leave=False, dynamic_ncols=True)
     for _ in range(steps):
         mid = (lo + hi) / 2

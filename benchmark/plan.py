@@ -83,8 +83,8 @@ def plan_graph(works: list[Work]) -> tuple[list[Node], list[Plan]]:
                                     f"attack:{attack_name}", work.token, (plan.models[model], crafted),
                                     partial(transfer_node, job=job, model=plan.models[model], crafted=crafted))
                     plan.evaluations.append((job, add(node, plan)))
-            if suite.checks.probe_images:
-                n = min(suite.checks.probe_images, len(work.data.test_y))
+            n = suite.checks.probes(len(work.data.test_y))
+            if n:
                 plan.probes[model] = add(Node(digest(["probes", plan.models[model], n, same]),
                                               f"{label}probe {model}", "checks", work.token, (plan.models[model],),
                                               partial(probe_node, name=model, node=plan.models[model])), plan)

@@ -226,6 +226,9 @@ def check_sizes(suite: Suite, n_train: int, n_test: int) -> None:
     """Evaluation sizes, fine-tune image counts and early-stop splits against the data's split sizes."""
     if max(suite.sizes) > n_test:
         raise UserError(f"{suite.path}: evaluation size {max(suite.sizes)} exceeds the test split ({n_test} images)")
+    if (suite.checks.probe_images or 0) > n_test:
+        raise UserError(f"{suite.path}: checks.probe_images = {suite.checks.probe_images} exceeds the test split "
+                        f"({n_test} images)")
     for spec in suite.models.values():
         if spec.parent is not None:
             held = (suite.root(spec.name).entry.get("early_stop") or {}).get("val_size", 0)

@@ -23,7 +23,7 @@ from benchmark.context import Context, Evaluation, cached, load_model
 from benchmark.nodes import build_attack
 from benchmark.store import tensors_hash
 from benchmark.suite import digest
-from benchmark.train import predict, to_float
+from benchmark.train import to_float
 
 REPEATS = 3  # forward passes compared by the randomness probe
 
@@ -68,12 +68,7 @@ def transfer_node(ctx: Context, values: dict, *, job: Evaluation, model: str, cr
         stored = ctx.store.get_tensors("crafted", made["key"], ctx.device)
         idx = stored["indices"].to(ctx.device)
         target = load_model(ctx, job.model)
-        clean, adv = to_float(ctx.data.test_x[idx]), stored["images"]
-        delta = (adv - clean).flatten(1)
-        return {"label": ctx.data.test_y[idx].tolist(), "orig_pred": predict(target, clean).tolist(),
-                "adv_pred": predict(target, adv).tolist(), "l0": (delta.abs() > 1e-6).sum(1).tolist(),
-                "l2": [round(v, 6) for v in delta.norm(dim=1).tolist()],
-                "linf": [round(v, 6) for v in delta.abs().amax(1).tolist()],
+        return {**evaluate.outcome(target, to_float(ctx.data.test_x[idx]), stored["images"], ctx.data.test_y[idx]),
                 "batch_invariant": made["batch_invariant"], "attack_batch_size": made["attack_batch_size"],
                 "indices": stored["indices"].tolist(), "source": job.source, "crafted": made["hash"]}
 
@@ -81,10 +76,10 @@ def transfer_node(ctx: Context, values: dict, *, job: Evaluation, model: str, cr
 
 
 def probe_node(ctx: Context, values: dict, *, name: str, node: str) -> dict:
-    """The probes of one model on the first `probe_images` images of seed 0's evaluation order."""
+    """The probes of one model on the first `checks.probes()` images of seed 0's evaluation order."""
     ctx.model_info[name] = values[node]
     info = ctx.model_info[name]
-    idx = evaluate.subset(len(ctx.data.test_y), ctx.suite.checks.probe_images, 0)
+    idx = evaluate.subset(len(ctx.data.test_y), ctx.suite.checks.probes(len(ctx.data.test_y)), 0)
     key = digest({"kind": "probes", "model": [info["key"], info["weights"]], "indices": idx.tolist(),
                   "repeats": REPEATS, **ctx.made_with("attack")})[:24]
 

@@ -245,7 +245,9 @@ def _without_test_architecture(text: str) -> str:
 
 
 @pytest.mark.parametrize("checks, message", [
-    ("multistep = { steps = 0 }", "checks.multistep.steps must be a positive number"),
+    ("multistep = { steps = 0 }", "checks.multistep.steps must be a positive integer"),
+    ("multistep = { steps = 2.5 }", "checks.multistep.steps must be a positive integer"),
+    ("probe_images = 501", "checks.probe_images = 501 exceeds the test split"),
     ("multistep = { step = 3 }", "checks.multistep"),
     ("from_parent = [\"pgd\"]", "checks.from_parent names 'pgd'"),
     ("probe_images = -1", "checks.probe_images must be a non-negative integer"),

@@ -107,6 +107,7 @@ def test_the_curve_agrees_with_a_plain_evaluation_and_reaches_the_report(searche
     ("minimal_eps = { max = 0.1, steps = 40 }", "minimal_eps.steps must be an integer from 1 to 24"),
     ("minimal_eps = { max = 0.1 }\neps = 0.01", "minimal_eps searches eps itself"),
     ("minimal_eps = { max = 0.1, step = 3 }", "minimal_eps"),
+    ("minimal_eps = { steps = 3 }", "minimal_eps needs max"),
 ])
 def test_bad_minimal_eps_is_one_line(tmp_path, entry, message):
     text = SUITE.format(top=TOP, steps=STEPS).replace(f"minimal_eps = {{ max = {TOP}, steps = {STEPS} }}", entry)
@@ -115,9 +116,10 @@ def test_bad_minimal_eps_is_one_line(tmp_path, entry, message):
         load(tmp_path / "bad.toml")
 
 
-def test_minimal_eps_needs_an_attack_with_eps(tmp_path):
+@pytest.mark.parametrize("adapter", ["torchattacks.DeepFool", "jsma-origin"])
+def test_minimal_eps_needs_an_attack_whose_eps_bounds_it(tmp_path, adapter):
     text = SUITE.format(top=TOP, steps=STEPS).replace('adapter = "torchattacks.FGSM"\nminimal_eps',
-                                                      'adapter = "torchattacks.DeepFool"\nminimal_eps')
+                                                      f'adapter = "{adapter}"\nminimal_eps')
     (tmp_path / "bad.toml").write_text(text)
-    with pytest.raises(UserError, match="minimal_eps needs an attack with an eps parameter"):
+    with pytest.raises(UserError, match="minimal_eps needs an attack whose eps bounds its perturbation"):
         load(tmp_path / "bad.toml")

@@ -42,8 +42,9 @@ def minimal_eps_section(report: Report) -> list[str]:
                          f"{curves[model][-1]:.1f}", f"{top:g}"])
         if report.with_figures:
             lines.append(_figure(family, grid, curves, entry.get("space", "pixel"), report.run_dir))
-    lines += ["", tabulate(rows, headers=["model", "attack", "images", "median minimal eps", "fooled at max %",
-                                          "accuracy at max %", "max"], tablefmt="github", disable_numparse=True), ""]
+    lines += ["", tabulate(rows, headers=["model", "attack", "images", "median minimal eps",
+                                          "fooled at max (% of originally correct)", "accuracy at max % (of all)",
+                                          "max"], tablefmt="github", disable_numparse=True), ""]
     return lines
 
 

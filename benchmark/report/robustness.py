@@ -23,7 +23,8 @@ def robustness_section(report: Report) -> list[str]:
     lines = ["## Is the robustness real?\n",
              "Per model, each check of benchmark.checks: what was measured, whether it raised a flag, and what to do "
              f"about one. Paired comparisons are on the same images (largest size, each test image once), "
-             f"significant at McNemar's exact p < {ALPHA}. " + "; ".join(f"**{k}**: {v[0]}" for k, v in CHECKS.items())
+             f"significant at McNemar's exact p < {ALPHA} and in the direction the check names (a small p with 'ok' "
+             "is a significant difference the other way). " + "; ".join(f"**{k}**: {v[0]}" for k, v in CHECKS.items())
              + ".\n"]
     if "checks" not in report.results:
         lines.append("This run predates the checks: only what its cells already hold (eps sweeps) is checked; rerun "
@@ -48,28 +49,32 @@ def transfer_section(report: Report) -> list[str]:
     if "source" not in frame:
         return []
     user = frame[frame["check"].isna()] if "check" in frame else frame
-    transfers = user[user["source"].notna()]
-    if transfers.empty:
-        return []
     size = int(frame["size"].max())
-    params = {a: json.dumps(spec, sort_keys=True, default=str) for a, spec in _attack_entries(report.results).items()}
+    at = user[user["size"] == size]
+    entries = {a: json.dumps(spec, sort_keys=True, default=str) for a, spec in _attack_entries(report.results).items()}
+    # One table per attack (its entry less the source, and its sweep point): every source crafting it, and the
+    # white-box attack of the same entry on the diagonal.
+    at = at.assign(same=[f"{entries.get(f)}|{s}" for f, s in zip(at["attack_family"], at["sweep"].map(str))],
+                   src=at["source"].where(at["source"].notna(), at["model"]))
+    groups = list(dict.fromkeys(at.loc[at["source"].notna(), "same"]))
+    if not groups:
+        return []
     lines = ["## Transfer attacks\n",
              f"Accuracy (%) of each target model (columns) on images crafted on each source model (rows), mean over "
-             f"seeds, {size} images per seed, the same images per seed for every cell; the diagonal is the white-box "
-             "attack of the same parameters where the suite has it. Lower: the images transfer better.\n"]
-    at = user[user["size"] == size]
-    for family, group in transfers[transfers["size"] == size].groupby("attack_family", sort=False):
-        same = [a for a, p in params.items() if p == params.get(family)]
-        cells = at[at["attack_family"].isin(same)]
-        cells = cells.assign(src=cells["source"].where(cells["source"].notna(), cells["model"]))
+             f"seeds, {size} images per seed, the same images per seed for every cell. One table per attack: the "
+             "suite's attacks that differ only in their source share it, and the white-box attack of the same "
+             "entry, where the suite has one, is its diagonal. Lower: the images transfer better.\n"]
+    for key in groups:
+        cells = at[at["same"] == key]
+        names = list(dict.fromkeys(cells["attack"]))
         grid = (cells.groupby(["src", "model"], sort=False)["adv_acc"].mean() * 100).unstack("model")
         grid = grid.reindex(index=list(dict.fromkeys(cells["src"])), columns=list(dict.fromkeys(cells["model"])))
         rows = [[source] + ["" if np.isnan(v) else f"{v:.1f}" for v in grid.loc[source]] for source in grid.index]
-        lines += [f"**{family}** ({', '.join(same)}):\n",
+        lines += [f"**{' = '.join(names)}**:\n",
                   tabulate(rows, headers=["source \\ target"] + list(grid.columns), tablefmt="github",
                            disable_numparse=True), ""]
         if report.with_figures:
-            lines += [_heatmap(grid, family, report.run_dir), ""]
+            lines += [_heatmap(grid, names[0], report.run_dir), ""]
     return lines
 
 
