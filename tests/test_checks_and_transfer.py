@@ -156,9 +156,9 @@ models = ["plain", "base", "tuned"]
 attacks = ["fgsm", "fgsm-from-plain"]
 
 [evaluation]
-sizes = [60]
-seeds = [0, 1]
-batch_size = 30
+sizes = [80]
+seeds = [0]
+batch_size = 40
 
 [checks]
 multistep = {{ steps = 10 }}
@@ -225,10 +225,10 @@ def test_a_transfer_attack_is_crafting_on_the_source_and_evaluating_by_hand(chec
     table = checked[1]
     bank = _bank(synthetic)[0]
     target = MaskedNearClean(trained, bank, EPS[0] / 4).eval()
-    for seed in (0, 1):
-        idx = subset(len(synthetic.test_y), 60, seed)
+    for seed in (0,):
+        idx = subset(len(synthetic.test_y), 80, seed)
         x, y = synthetic.test_x[idx].float() / 255, synthetic.test_y[idx]
-        adv = attack_images(get_attack("torchattacks.FGSM", eps=0.03, seed=seed), trained.eval(), x, y, 30)
+        adv = attack_images(get_attack("torchattacks.FGSM", eps=0.03, seed=seed), trained.eval(), x, y, 40)
         rows = table[(table["model"] == "masked") & (table["attack"] == "fgsm-from-plain")
                      & (table["seed"] == seed)].sort_values("position")
         assert rows["index"].tolist() == idx.tolist()
@@ -237,7 +237,7 @@ def test_a_transfer_attack_is_crafting_on_the_source_and_evaluating_by_hand(chec
     # crafted once per source, attack and seed, whatever the number of targets
     crafted = list((checked[3] / "artefacts" / "crafted-info").glob("*.json"))
     n_sources = {"fgsm-from-plain": 1, "fgsm.from-parent": 1}  # plain; base (tuned's parent)
-    assert len(crafted) == 2 * (n_sources["fgsm-from-plain"] + n_sources["fgsm.from-parent"] * len(EPS))
+    assert len(crafted) == 1 * (n_sources["fgsm-from-plain"] + n_sources["fgsm.from-parent"] * len(EPS))  # 1 seed
 
 
 def _without_test_architecture(text: str) -> str:
