@@ -45,7 +45,8 @@ ASK = {"multistep": "multistep = { steps = 10 }", "black_box": "black_box = { n_
 def flags(results: dict, examples: pd.DataFrame | None) -> pd.DataFrame:
     checks = results.get("checks") or {}
     derived = checks.get("compared") or {}  # attack -> the check it serves
-    models = list(dict.fromkeys(c["model"] for c in results["cells"]))
+    cells = pd.DataFrame(results["cells"])
+    models = list(dict.fromkeys(cells["model"]))
     rows = []
     for model in models:
         rows += _probe_rows(model, (checks.get("probes") or {}).get(model),
@@ -62,7 +63,7 @@ def flags(results: dict, examples: pd.DataFrame | None) -> pd.DataFrame:
             for name, of in pairs:
                 if name in table and of in table:
                     rows.append(_compare(model, check, table, name, of, derived))
-        rows += _sweep_rows(model, results, table)
+        rows += _sweep_rows(model, cells, table)
     return pd.DataFrame(rows, columns=["model", "check", "measured", "flag", "remedy"])
 
 
@@ -116,8 +117,7 @@ def _compare(model: str, check: str, table: pd.DataFrame, name: str, of: str, de
     return _row(model, check, measured, flag)
 
 
-def _sweep_rows(model: str, results: dict, table: pd.DataFrame | None) -> list[dict]:
-    cells = pd.DataFrame(results["cells"])
+def _sweep_rows(model: str, cells: pd.DataFrame, table: pd.DataFrame | None) -> list[dict]:
     if "sweep" not in cells:
         return []
     swept = cells[(cells["model"] == model) & cells["sweep"].notna()]

@@ -49,11 +49,9 @@ def minimal_eps_section(report: Report) -> list[str]:
 
 
 def _figure(family: str, grid: np.ndarray, curves: dict[str, list[float]], space: str, run_dir: Path) -> str:
-    from benchmark.report.figures import pyplot
+    from benchmark.report.figures import pyplot, save
 
     plt = pyplot()
-    fig_dir = Path(run_dir) / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for model, curve in curves.items():
         ax.plot(grid, curve, label=model)
@@ -62,8 +60,5 @@ def _figure(family: str, grid: np.ndarray, curves: dict[str, list[float]], space
     ax.set_title(f"{family}: from per-image minimal eps")
     ax.legend()
     fig.tight_layout()
-    name = f"minimal-eps-{slug(family)}.png"
-    fig.savefig(fig_dir / name, dpi=110)
-    plt.close(fig)
-    return f"![{family} minimal eps](figures/{name})"
+    return save(fig, run_dir, f"minimal-eps-{slug(family)}.png", f"{family} minimal eps")
 

@@ -30,6 +30,15 @@ def pyplot():
     return plt
 
 
+def save(fig, run_dir: Path, name: str, alt: str) -> str:
+    """Write `fig` as figures/NAME beside the report, close it, and return its markdown image link."""
+    fig_dir = Path(run_dir) / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    fig.savefig(fig_dir / name, dpi=110)
+    pyplot().close(fig)
+    return f"![{alt}](figures/{name})"
+
+
 def figures(results: dict, frame: pd.DataFrame, means: pd.DataFrame, run_dir: Path) -> list[str]:
     plt = pyplot()
 

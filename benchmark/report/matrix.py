@@ -66,11 +66,9 @@ def _change(d: float, p: float) -> str:
 
 
 def _heatmap(ratios: pd.DataFrame, delta: pd.DataFrame | None, run_dir: Path) -> str:
-    from benchmark.report.figures import pyplot
+    from benchmark.report.figures import pyplot, save
 
     plt = pyplot()
-    fig_dir = Path(run_dir) / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
     panels = [(ratios, "ADV/ORIG ratio", "viridis", (0, 1))]
     if delta is not None:
         bound = max(1.0, float(np.nanmax(np.abs(delta.to_numpy(dtype=float)))))
@@ -90,7 +88,4 @@ def _heatmap(ratios: pd.DataFrame, delta: pd.DataFrame | None, run_dir: Path) ->
         fig.colorbar(image, ax=ax)
     axes[0][0].set_ylabel("trained on")
     fig.tight_layout()
-    name = "attack-matrix.png"
-    fig.savefig(fig_dir / name, dpi=110)
-    plt.close(fig)
-    return f"![attack-to-attack matrix](figures/{name})"
+    return save(fig, run_dir, "attack-matrix.png", "attack-to-attack matrix")

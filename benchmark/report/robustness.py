@@ -85,11 +85,9 @@ def _attack_entries(results: dict) -> dict[str, dict]:
 
 
 def _heatmap(grid: pd.DataFrame, family: str, run_dir: Path) -> str:
-    from benchmark.report.figures import pyplot
+    from benchmark.report.figures import pyplot, save
 
     plt = pyplot()
-    fig_dir = Path(run_dir) / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(1.6 + 1.1 * grid.shape[1], 1.2 + 0.6 * grid.shape[0]))
     image = ax.imshow(grid.to_numpy(dtype=float), cmap="viridis", vmin=0, vmax=100)
     ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=30, ha="right")
@@ -101,7 +99,4 @@ def _heatmap(grid: pd.DataFrame, family: str, run_dir: Path) -> str:
     fig.colorbar(image, ax=ax, label="accuracy (%)")
     ax.set_title(f"{family}: transfer")
     fig.tight_layout()
-    name = f"transfer-{slug(family)}.png"
-    fig.savefig(fig_dir / name, dpi=110)
-    plt.close(fig)
-    return f"![{family} transfer](figures/{name})"
+    return save(fig, run_dir, f"transfer-{slug(family)}.png", f"{family} transfer")
