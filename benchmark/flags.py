@@ -4,7 +4,8 @@ each and a one-line remedy, as AutoAttack's flags_doc.md gives them.
     flags(results, examples)    # DataFrame: model, check, measured, flag (True/False; None: not run), remedy
 
 Comparisons between attacks are paired, on the same images (the largest size; a test image that two seeds
-both drew counts once) and significant at McNemar's exact p < ALPHA; the probes' flags need no test.
+both drew counts once; tested on those the model classifies correctly) and significant at McNemar's exact
+p < ALPHA; the probes' flags need no test.
 """
 from __future__ import annotations
 
@@ -101,19 +102,22 @@ def _compare(model: str, check: str, table: pd.DataFrame, name: str, of: str, de
         white_label = " and ".join(white_names)
     else:
         white, white_label = table[of].to_numpy(bool), of
-    n, p = len(orig), mcnemar_p(white, mine)
+    # Tested on the originally correct images: an attack's outcome on an image the model already gets wrong says
+    # nothing of its strength (one that hands such images back unchanged would otherwise look weaker or stronger).
+    n, kept = len(orig), int(orig.sum())
+    p = mcnemar_p(white[orig], mine[orig]) if kept else float("nan")
     acc_white, acc_mine = 100 * white.mean(), 100 * mine.mean()
-    if check == "multistep":  # success among the originally correct (and the test on them): one-step far below
-        p = mcnemar_p(white[orig], mine[orig]) if orig.any() else float("nan")
-        s_one = 1 - white[orig].mean() if orig.any() else float("nan")
-        s_multi = 1 - mine[orig].mean() if orig.any() else float("nan")
+    left_white = 100 * white[orig].mean() if kept else float("nan")
+    left_mine = 100 * mine[orig].mean() if kept else float("nan")
+    if check == "multistep":  # the one-step attack's success far below the multi-step one's
+        s_one, s_multi = 1 - left_white / 100, 1 - left_mine / 100
         flag = bool(p < ALPHA and s_one < ONE_STEP_SHARE * s_multi)
         measured = (f"{of} {acc_white:.1f}% vs {name} {acc_mine:.1f}% accuracy on {n} images (success on the "
-                    f"originally correct {100 * s_one:.0f}% vs {100 * s_multi:.0f}%), McNemar p = {p:.2g}")
+                    f"{kept} originally correct {100 * s_one:.0f}% vs {100 * s_multi:.0f}%), McNemar p = {p:.2g}")
     else:
-        flag = bool(p < ALPHA and acc_mine < acc_white)
-        measured = (f"{name} {acc_mine:.1f}% vs {white_label} {acc_white:.1f}% accuracy on {n} images, McNemar "
-                    f"p = {p:.2g}")
+        flag = bool(p < ALPHA and left_mine < left_white)
+        measured = (f"{name} {acc_mine:.1f}% vs {white_label} {acc_white:.1f}% accuracy on {n} images (left correct "
+                    f"of the {kept} originally correct {left_mine:.0f}% vs {left_white:.0f}%), McNemar p = {p:.2g}")
     return _row(model, check, measured, flag)
 
 
