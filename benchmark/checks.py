@@ -72,14 +72,16 @@ def parse_checks(table: Any, attacks: dict[str, AttackSpec], matrix_families: li
     uses: list[tuple[str, str, str]] = []
     multistep = _budget(table, "multistep", MULTISTEP_KEYS, {"steps": 10, "random_start": True}, fail)
     black_box = _budget(table, "black_box", BLACK_BOX_KEYS, {"n_queries": 1000, "p_init": 0.8}, fail)
-    if black_box is not None and multistep is None:  # Square is compared with FGSM and PGD together: the
-        multistep = {"steps": 10, "random_start": True}  # one-step attack alone would make Square look strong
+    implied = black_box is not None and multistep is None
+    if implied:  # Square is compared with FGSM and PGD together: the one-step attack alone would make Square look
+        multistep = {"steps": 10, "random_start": True}  # strong
     for check, budget in (("multistep", multistep), ("black_box", black_box)):
         if budget is None:
             continue
         if not one_step:
-            raise fail(f"checks.{check}: the matrix has no one-step attack ({', '.join(ONE_STEP)}) whose eps and "
-                       "space it would take")
+            asked = "checks.black_box (and the PGD it brings)" if implied else f"checks.{check}"
+            raise fail(f"{asked}: the matrix has no one-step attack ({', '.join(ONE_STEP)}, white-box, at one eps: "
+                       "a transfer or minimal_eps one does not count) whose eps and space it would take")
         for a in one_step:
             eps = a.params.get("eps", 8 / 255)
             if not eps:  # eps = 0: nothing to compare
@@ -107,6 +109,9 @@ def parse_checks(table: Any, attacks: dict[str, AttackSpec], matrix_families: li
         from_parent = []
     elif not isinstance(from_parent, list) or not all(isinstance(f, str) for f in from_parent):
         raise fail("checks.from_parent must be true, false or a list of the matrix's attacks")
+    repeated = sorted({f for f in from_parent if from_parent.count(f) > 1})
+    if repeated:
+        raise fail(f"checks.from_parent repeats {', '.join(map(repr, repeated))}")
     for family in from_parent:
         if family not in matrix_families:
             raise fail(f"checks.from_parent names {family!r}, which is not an attack of the matrix "
@@ -140,6 +145,8 @@ def _budget(table: dict, check: str, keys: dict[str, type], defaults: dict[str, 
         if not ok:
             what = {bool: "true or false", int: "a positive integer"}.get(kind, "a positive number")
             raise fail(f"checks.{check}.{key} must be {what}, got {v!r}")
+    if out.get("p_init", 0) > 1:  # Square's initial share of the image changed per query
+        raise fail(f"checks.{check}.p_init is a fraction of the image, at most 1; got {out['p_init']!r}")
     return out
 
 

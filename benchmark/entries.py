@@ -211,6 +211,8 @@ def parse_minimal_eps(entry: dict, params: dict, name: str, fail) -> dict[str, A
                    f"FGSM, PGD, ...); {entry.get('adapter')} is not one")
     if "source" in entry:
         raise fail(f"attacks.{name}: minimal_eps and source together are not supported")
+    if member in NORMS["Linf"] and params.get("space", "pixel") == "pixel" and top > 1:
+        raise fail(f"{where}.max = {top!r}: an Linf eps in pixel space above 1 changes nothing more; give at most 1")
     return {"max": float(top), "steps": steps}
 
 

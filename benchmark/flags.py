@@ -31,8 +31,8 @@ CHECKS = {  # name: (what it asks, remedy)
                   "the one-step robustness does not survive a stronger attack of the same budget (gradient masking, "
                   "catastrophic overfitting): report PGD or AutoAttack, train with PGD or FGSM with random start"),
     "black_box": ("Square (no gradients) beats the white-box attacks",
-                  "the white-box gradients are uninformative: report the black-box accuracy, attack with BPDA/EOT or "
-                  "AutoAttack"),
+                  "the white-box attacks miss what a gradient-free one finds (masked or uninformative gradients): "
+                  "report the black-box accuracy, attack with BPDA/EOT or AutoAttack"),
     "from_parent": ("images crafted on the parent beat the model's own gradients",
                     "the model's gradients are masked: report the transfer accuracy and use stronger attacks (a "
                     "fine-tune has seen its parent's images: quiet here is weak evidence)"),

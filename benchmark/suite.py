@@ -186,6 +186,9 @@ def parse(raw: dict[str, Any], path: Path) -> Suite:
             raise fail(f"attacks.{spec.family}.source names unknown model {spec.source!r}; defined: {', '.join(models)}")
     checks, derived = parse_checks(raw.get("checks"), attacks, name_list(matrix.get("attacks"), "matrix.attacks", fail),
                                    fail)
+    if checks.from_parent and not any(models[m].parent for m in matrix_models):
+        raise fail("checks.from_parent crafts on each fine-tuned model's parent, but matrix.models has no "
+                   "fine-tuned model")
     attacks = {**attacks, **derived}
 
     evaluation = raw["evaluation"]

@@ -121,6 +121,17 @@ def test_normalized_space_with_zero_eps_is_the_clamp_alone(trained, batch):
     assert torch.allclose(adv, x.clamp(min=0.5), atol=1e-6)
 
 
+@pytest.mark.parametrize("adapter, params", [("torchattacks.Square", {"n_queries": 5}), ("torchattacks.CW", {"steps": 2})])
+def test_normalized_space_clamps_the_images_an_attack_hands_back_unchanged(trained, batch, adapter, params):
+    # Misclassified against these labels: Square and CW return such images untouched, and the clamp of every
+    # output (FGSM's own clip does it) must still act, or they would escape what the other attacks all apply.
+    x, _ = batch
+    with torch.no_grad():
+        wrong = (trained(x).argmax(1) + 1) % 10
+    adv = get_attack(adapter, space="normalized", **params)(trained, x, wrong)
+    assert torch.allclose(adv, x.clamp(min=0.5), atol=1e-6)
+
+
 def test_seeded_attacks_repeat_and_leave_global_rng_alone(trained, batch):
     x, y = batch
     torch.manual_seed(123)

@@ -252,6 +252,8 @@ def _without_test_architecture(text: str) -> str:
     ("from_parent = [\"pgd\"]", "checks.from_parent names 'pgd'"),
     ("probe_images = -1", "checks.probe_images must be a non-negative integer"),
     ("squares = true", "checks"),
+    ("black_box = { p_init = 5.0 }", "checks.black_box.p_init is a fraction of the image, at most 1"),
+    ("from_parent = [\"fgsm\", \"fgsm\"]", "checks.from_parent repeats 'fgsm'"),
 ])
 def test_bad_checks_are_one_line(tmp_path, checks, message):
     path = tmp_path / "bad.toml"
@@ -259,6 +261,14 @@ def test_bad_checks_are_one_line(tmp_path, checks, message):
                     + "\n")
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("{", r"\{")):
         load(path)
+
+
+def test_from_parent_needs_a_fine_tuned_model_in_the_matrix(tmp_path):
+    text = _without_test_architecture(SUITE.format(eps=EPS)).replace('models = ["plain", "base", "tuned"]',
+                                                                      'models = ["plain", "base"]')
+    (tmp_path / "a.toml").write_text(text)
+    with pytest.raises(UserError, match="checks.from_parent crafts on each fine-tuned model's parent"):
+        load(tmp_path / "a.toml")
 
 
 def test_a_transfer_source_must_be_a_model_and_cannot_fine_tune(tmp_path):

@@ -100,6 +100,9 @@ def test_the_curve_agrees_with_a_plain_evaluation_and_reaches_the_report(searche
     assert plain["min_eps"].isna().all()  # the column is empty for the other attacks
     report = render(results, run, with_figures=False)
     assert "## Robustness curves from per-image minimal eps" in report and "| plain   | fgsm-curve |" in report
+    worst = report.split("## Worst case over attacks")[1].split("\n## ")[0]  # its outcome is at max: left out
+    header = next(line for line in worst.splitlines() if line.startswith("| model"))
+    assert "Left out: fgsm-curve" in worst and "fgsm-curve" not in header and "| fgsm " in header
 
 
 @pytest.mark.parametrize("entry, message", [
@@ -108,6 +111,7 @@ def test_the_curve_agrees_with_a_plain_evaluation_and_reaches_the_report(searche
     ("minimal_eps = { max = 0.1 }\neps = 0.01", "minimal_eps searches eps itself"),
     ("minimal_eps = { max = 0.1, step = 3 }", "minimal_eps"),
     ("minimal_eps = { steps = 3 }", "minimal_eps needs max"),
+    ("minimal_eps = { max = 2.0 }", "minimal_eps.max = 2.0: an Linf eps in pixel space above 1"),
 ])
 def test_bad_minimal_eps_is_one_line(tmp_path, entry, message):
     text = SUITE.format(top=TOP, steps=STEPS).replace(f"minimal_eps = {{ max = {TOP}, steps = {STEPS} }}", entry)

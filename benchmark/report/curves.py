@@ -7,7 +7,7 @@ import numpy as np
 from tabulate import tabulate
 
 from benchmark.report import Report, section
-from benchmark.report.frames import slug
+from benchmark.report.frames import minimal_eps_attacks, slug
 from benchmark.stats import distinct_images
 
 POINTS = 101  # eps values per curve, 0 to the searched maximum
@@ -18,8 +18,7 @@ def minimal_eps_section(report: Report) -> list[str]:
     examples = report.examples
     if examples is None or "min_eps" not in examples or examples["min_eps"].isna().all():
         return []
-    entries = {name: entry for name, entry in (report.results.get("suite") or {}).get("attacks", {}).items()
-               if isinstance(entry, dict) and "minimal_eps" in entry}
+    entries = minimal_eps_attacks(report.results)
     lines = ["## Robustness curves from per-image minimal eps\n",
              "Per image, the smallest eps (in the attack's own space, see its entry) at which the attack fools the "
              "model, by bisection in [0, max]; accuracy at e is the share of images correct originally whose "

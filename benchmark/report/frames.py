@@ -58,6 +58,13 @@ def cells(results: dict[str, Any]) -> pd.DataFrame:
     return frame
 
 
+def minimal_eps_attacks(results: dict[str, Any]) -> dict[str, dict]:
+    """The suite's attacks searched per image for their minimal eps (`minimal_eps`), by name: their cells hold
+    the outcome at the search's max, not at one eps of the suite's, so comparisons across attacks leave them out."""
+    return {name: entry for name, entry in (results.get("suite") or {}).get("attacks", {}).items()
+            if isinstance(entry, dict) and "minimal_eps" in entry}
+
+
 def seed_means(frame: pd.DataFrame) -> pd.DataFrame:
     """Mean and sample standard deviation (ddof 1; NaN for one seed) over seeds per (model, attack, size),
     accuracies in %. Distances are means over the originally correct images of all seeds, `n_dist` of them."""

@@ -12,7 +12,7 @@ from tabulate import tabulate
 from benchmark import stats
 from benchmark.flags import ALPHA
 from benchmark.report import Report, section
-from benchmark.report.frames import paper_ratio
+from benchmark.report.frames import minimal_eps_attacks, paper_ratio
 
 
 @section("attack-matrix", order=77)
@@ -24,6 +24,7 @@ def matrix_section(report: Report) -> list[str]:
     for column in ("check", "source"):  # the suite's own white-box attacks: not the checks', not transfers
         if column in own:
             own = own[own[column].isna()]
+    own = own[~own["attack_family"].isin(minimal_eps_attacks(report.results))]  # outcome at a search's max
     attacks = list(dict.fromkeys(own["attack"]))
     models = list(dict.fromkeys(own["model"]))
     if not parents or len(attacks) < 2:

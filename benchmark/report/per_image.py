@@ -7,7 +7,7 @@ from tabulate import tabulate
 
 from benchmark import stats
 from benchmark.report import Report, section
-from benchmark.report.frames import interval
+from benchmark.report.frames import interval, minimal_eps_attacks
 
 
 @section("per-image", order=80)
@@ -25,7 +25,8 @@ def per_example_sections(results: dict, examples: pd.DataFrame | None) -> list[s
 
 
 def worst_case_section(results: dict, examples: pd.DataFrame) -> list[str]:
-    attacks = list(dict.fromkeys(examples["attack"]))
+    searched = minimal_eps_attacks(results)
+    attacks = [a for a in dict.fromkeys(examples["attack"]) if a not in searched]
     table = stats.worst_case(examples, attacks)
     rows = []
     for model, group in table.groupby("model", sort=False):
@@ -37,7 +38,9 @@ def worst_case_section(results: dict, examples: pd.DataFrame) -> list[str]:
             f"Accuracy (%) on {size} images per seed, mean over {examples['seed'].nunique()} seed(s), with 95% "
             "intervals: under each attack, and under all of them at once (an image counts only if classified "
             "correctly originally and after every attack: AutoAttack's and RobustBench's convention). The same "
-            "images per seed for every attack.\n",
+            "images per seed for every attack."
+            + (f" Left out: {', '.join(searched)} (searched per image for a minimal eps: each would count at its "
+               "search's max; see the robustness curves)." if searched else "") + "\n",
             tabulate(rows, headers=["model"] + attacks + ["all attacks"], tablefmt="github",
                      disable_numparse=True), ""]
 
