@@ -9,7 +9,9 @@ logits (normalization inside it). The result has the images' shape, dtype and de
 `space` says where the attack's epsilon and clip range live:
 - "pixel" (default): on the [0,1] images themselves; the right semantic.
 - "normalized": on the model's normalized input `(x - mean) / std`, and a [0,1] clip then acts on that
-  normalized tensor, on every output (also the images an attack fails on and returns unchanged). This is the paper authors' code (their eps 0.01 is 0.005 in pixels at std 0.5, and the
+  normalized tensor, on every output (also the images an attack returns unchanged). The authors ran FGSM and
+  their one-step JSMA this way; extending their clip to every attack is ours, so that attacks compare like for
+  like. The clip is not within an L0 or L2 attack's budget: there the budget no longer bounds the change. This is the paper authors' code (their eps 0.01 is 0.005 in pixels at std 0.5, and the
   clamp pushes every pixel into [0.5, 1]); the result is mapped back to pixels. Needs a `benchmark.models.Normalized`.
 
 `seed` and `positions` fix every random draw per image (adapters.rng): an evaluation cut into batches of any
@@ -80,8 +82,9 @@ class Attack:
                         raise ValueError(f"{self.name}: space='normalized' needs a model with its normalization "
                                          "as a separate layer (benchmark.models.Normalized)")
                     # Every output clipped to the normalized tensor's [0,1], the authors' clip: attacks that hand
-                    # back the images they fail on unchanged (Square, CW) would otherwise escape the clamp that
-                    # FGSM and PGD apply to every image, and an eval-time clamp the model learned reads as robustness.
+                    # back images unchanged (Square: those already misclassified and those it fails on; CW) would
+                    # otherwise escape the clamp FGSM and PGD apply to every image, which a model fine-tuned on
+                    # clamped images classifies differently.
                     adv = model.denormalize(self.perturb(model.net, model.normalize(images), labels,
                                                          positions=positions).clamp(0, 1))
                 else:

@@ -105,10 +105,11 @@ def _compare(model: str, check: str, table: pd.DataFrame, name: str, of: str, de
     # Tested on the originally correct images: an attack's outcome on an image the model already gets wrong says
     # nothing of its strength (one that hands such images back unchanged would otherwise look weaker or stronger).
     n, kept = len(orig), int(orig.sum())
-    p = mcnemar_p(white[orig], mine[orig]) if kept else float("nan")
+    if not kept:
+        return _row(model, check, f"not run (none of the {n} images classified correctly)", None)
+    p = mcnemar_p(white[orig], mine[orig])
     acc_white, acc_mine = 100 * white.mean(), 100 * mine.mean()
-    left_white = 100 * white[orig].mean() if kept else float("nan")
-    left_mine = 100 * mine[orig].mean() if kept else float("nan")
+    left_white, left_mine = 100 * white[orig].mean(), 100 * mine[orig].mean()
     if check == "multistep":  # the one-step attack's success far below the multi-step one's
         s_one, s_multi = 1 - left_white / 100, 1 - left_mine / 100
         flag = bool(p < ALPHA and s_one < ONE_STEP_SHARE * s_multi)

@@ -26,7 +26,11 @@ def per_example_sections(results: dict, examples: pd.DataFrame | None) -> list[s
 
 def worst_case_section(results: dict, examples: pd.DataFrame) -> list[str]:
     searched = minimal_eps_attacks(results)
-    attacks = [a for a in dict.fromkeys(examples["attack"]) if a not in searched]
+    family = examples["attack_family"] if "attack_family" in examples else examples["attack"]
+    at_one_eps = examples[~family.isin(searched)]
+    attacks = list(dict.fromkeys(at_one_eps["attack"]))
+    if not attacks:  # every attack searched a minimal eps: nothing at one eps to take the worst of
+        return []
     table = stats.worst_case(examples, attacks)
     rows = []
     for model, group in table.groupby("model", sort=False):
