@@ -372,12 +372,16 @@ def test_a_cpu_run_far_beyond_the_machine_says_so_names_the_cpu_suite_and_goes_o
 
 
 def _interrupt(tmp_path, suite, wait_for):
-    proc = subprocess.Popen([sys.executable, "-m", "benchmark", "run", str(suite), "--device", "cpu", "--out",
-                             str(tmp_path / "out")], cwd=REPO, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "BENCH_CACHE": str(tmp_path / "cache")},
-                            # a shell without job control starts background jobs with SIGINT ignored, and the
-                            # child would inherit that (`nohup bash .ci/run &`): Ctrl-C as in a terminal
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # A shell without job control starts background jobs with SIGINT ignored (`nohup bash .ci/run &`), and a child
+    # inherits an ignored signal; a handled one is reset by exec: handle it here, so the run gets Ctrl-C as in a
+    # terminal.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "benchmark", "run", str(suite), "--device", "cpu", "--out",
+                                 str(tmp_path / "out")], cwd=REPO, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "BENCH_CACHE": str(tmp_path / "cache")})
+    finally:
+        signal.signal(signal.SIGINT, previous)
     seen = ""
     while wait_for not in seen:
         chunk = proc.stderr.read(1)
