@@ -9,10 +9,11 @@ logits (normalization inside it). The result has the images' shape, dtype and de
 `space` says where the attack's epsilon and clip range live:
 - "pixel" (default): on the [0,1] images themselves; the right semantic.
 - "normalized": on the model's normalized input `(x - mean) / std`, and a [0,1] clip then acts on that
-  normalized tensor, on every output (also the images an attack returns unchanged). The authors ran FGSM and
-  their one-step JSMA this way; extending their clip to every attack is ours, so that attacks compare like for
-  like. The clip is not within an L0 or L2 attack's budget: there the budget no longer bounds the change. This is the paper authors' code (their eps 0.01 is 0.005 in pixels at std 0.5, and the
+  normalized tensor. This is the paper authors' code (their eps 0.01 is 0.005 in pixels at std 0.5, and the
   clamp pushes every pixel into [0.5, 1]); the result is mapped back to pixels. Needs a `benchmark.models.Normalized`.
+  The clip acts on every output, also the images an attack returns unchanged: the authors ran FGSM and their
+  one-step JSMA this way, extending it to every attack is ours, so that attacks compare like for like. It is not
+  within an L0 or L2 attack's budget: there the budget no longer bounds the change.
 
 `seed` and `positions` fix every random draw per image (adapters.rng): an evaluation cut into batches of any
 size gives the same adversarial images. Attacks run in exact fp32 (no TF32) with the model's parameters frozen.

@@ -109,16 +109,16 @@ def _compare(model: str, check: str, table: pd.DataFrame, name: str, of: str, de
         return _row(model, check, f"not run (none of the {n} images classified correctly)", None)
     p = mcnemar_p(white[orig], mine[orig])
     acc_white, acc_mine = 100 * white.mean(), 100 * mine.mean()
-    left_white, left_mine = 100 * white[orig].mean(), 100 * mine[orig].mean()
+    left_white, left_mine = white[orig].mean(), mine[orig].mean()  # shares left correct
     if check == "multistep":  # the one-step attack's success far below the multi-step one's
-        s_one, s_multi = 1 - left_white / 100, 1 - left_mine / 100
+        s_one, s_multi = 1 - left_white, 1 - left_mine
         flag = bool(p < ALPHA and s_one < ONE_STEP_SHARE * s_multi)
         measured = (f"{of} {acc_white:.1f}% vs {name} {acc_mine:.1f}% accuracy on {n} images (success on the "
                     f"{kept} originally correct {100 * s_one:.0f}% vs {100 * s_multi:.0f}%), McNemar p = {p:.2g}")
     else:
         flag = bool(p < ALPHA and left_mine < left_white)
         measured = (f"{name} {acc_mine:.1f}% vs {white_label} {acc_white:.1f}% accuracy on {n} images (left correct "
-                    f"of the {kept} originally correct {left_mine:.0f}% vs {left_white:.0f}%), McNemar p = {p:.2g}")
+                    f"of the {kept} originally correct {100 * left_mine:.0f}% vs {100 * left_white:.0f}%), McNemar p = {p:.2g}")
     return _row(model, check, measured, flag)
 
 

@@ -22,10 +22,10 @@ def robustness_section(report: Report) -> list[str]:
     raised = table[table["flag"] == True]
     lines = ["## Is the robustness real?\n",
              "Per model, each check of benchmark.checks: what was measured, whether it raised a flag, and what to do "
-             f"about one. Paired comparisons are on the same images (largest size, each test image once), tested on "
-             f"those classified correctly before the attack, significant at McNemar's exact p < {ALPHA} and in the direction the check names (a small p with 'ok' "
-             "is a significant difference the other way). " + "; ".join(f"**{k}**: {v[0]}" for k, v in CHECKS.items())
-             + ".\n"]
+             "about one. Paired comparisons are on the same images (largest size, each test image once), tested on "
+             f"those classified correctly before the attack, significant at McNemar's exact p < {ALPHA} and in the "
+             "direction the check names (a small p with 'ok' is a significant difference the other way). "
+             + "; ".join(f"**{k}**: {v[0]}" for k, v in CHECKS.items()) + ".\n"]
     if "checks" not in report.results:
         lines.append("This run predates the checks: only what its cells already hold (eps sweeps) is checked; rerun "
                      "its suite for the probes, and add `[checks]` for the attacks they need.\n")
