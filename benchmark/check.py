@@ -15,6 +15,19 @@ Then, per (model, attack):
   of each run; a regression is an interval below zero.
 `either_way` also fails significant rises (an attack grown weaker changes a benchmark as much as a stronger
 one). `tolerance` replaces the tests by an absolute bound on the change (fractions for accuracies, ratio units).
+
+What is compared is decided per recipe (benchmark.repeats). Where every model of the baseline is in the run with
+the same weights (same key and weights hash), the tests above run per image. Where the models were trained again
+(other weights, other repeats) and either side has several trainings, images say nothing about training noise:
+per (recipe, attack) and metric, Welch's t-test compares the two runs' means of the top repeated level (the base
+trainings; the fine-tunes where there is one base), each mean carrying everything below it, so a rerun of a
+repeated suite is judged against the spread its repeats show (a side with one training borrows the other side's
+spread). With one training on each side there is no spread to judge by: the per-image tests run, and the output
+says that training variance is not in them.
+
+Like for like first: the data (pixels), each compared attack's parameters and each compared model's recipe must be
+the same in both runs, else exit 2 naming what differs. A ratio undefined (no originally correct image) on both
+sides is no change; on one side only it is reported as such, not tested.
 Exit 0: no regression; 1: a regression (cells printed with the metric, both values and p); 2: bad input.
 """
 from __future__ import annotations
@@ -24,10 +37,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy.stats import fisher_exact
+from scipy.stats import t as t_dist
 from tabulate import tabulate
 
 from benchmark import examples as examples_csv
-from benchmark import stats
+from benchmark import repeats, stats, variance
 from benchmark.errors import UserError
 from benchmark.report import cells, load_results
 from benchmark.report.frames import read_results
@@ -126,11 +140,195 @@ def _ratio_replicates(run: dict, baseline: dict, run_examples: pd.DataFrame | No
     return out
 
 
+def like_for_like(run: dict, baseline: dict) -> None:
+    """The data, the compared attacks' parameters and the compared models' recipes agree, else a UserError naming
+    the first difference (results without the record pass: they predate it)."""
+    pixels = [(r.get("data") or {}).get("pixels") for r in (run, baseline)]
+    if None not in pixels and pixels[0] != pixels[1]:
+        raise UserError(f"run and baseline were evaluated on other data (pixels {pixels[0]} vs {pixels[1]}: "
+                        f"{(run.get('data') or {}).get('description')} vs "
+                        f"{(baseline.get('data') or {}).get('description')}); compare runs of the same data")
+    frame = cells(baseline)
+    for family in dict.fromkeys(frame["attack_family"] if "attack_family" in frame else []):
+        points = [a for a in dict.fromkeys(frame.loc[frame["attack_family"] == family, "attack"])]
+        mine, theirs = (_entry(r, "attacks", family) for r in (run, baseline))
+        if mine is None or theirs is None:
+            continue
+        for attack in points:  # a sweep's point: its value stands in the attack's name
+            differ = _differs(_point(mine, attack), _point(theirs, attack))
+            if differ:
+                raise UserError(f"attack {attack} differs between run and baseline ({differ}); the gate compares "
+                                "like with like: run the baseline's suite, or compare with a baseline of this one")
+    found = repeats.of_results(baseline)
+    for recipe in dict.fromkeys(found[m]["recipe"] for m in dict.fromkeys(frame["model"]) if m in found):
+        mine, theirs = (_entry(r, "models", recipe) for r in (run, baseline))
+        if mine is None or theirs is None:
+            continue
+        differ = _differs(*({k: v for k, v in e.items() if k not in ("repeats",)} for e in (mine, theirs)))
+        if differ:
+            raise UserError(f"model {recipe} differs between run and baseline ({differ}): not the same recipe; the "
+                            "gate compares like with like")
+
+
+def _entry(results: dict, table: str, name: str) -> dict | None:
+    entry = ((results.get("suite") or {}).get(table) or {}).get(name)
+    return entry if isinstance(entry, dict) else None
+
+
+def _point(entry: dict, attack: str) -> dict:
+    """A suite attack entry at one point of its sweep (`fgsm@eps=0.01`): the swept list replaced by the point."""
+    if "@" not in attack:
+        return entry
+    key, _, value = attack.split("@", 1)[1].partition("=")
+    return {**entry, key: value} if isinstance(entry.get(key), list) else entry
+
+
+def _differs(a: dict, b: dict) -> str:
+    """'' when equal, else the first differing key with both values."""
+    for key in sorted(set(a) | set(b)):
+        if key not in a or key not in b:
+            return f"{key} only in the {'run' if key in a else 'baseline'}"
+        x, y = a[key], b[key]
+        if isinstance(x, (int, float)) and isinstance(y, (int, float)) and not isinstance(x, bool):
+            if float(x) != float(y):
+                return f"{key} {x!r} in the run, {y!r} in the baseline"
+        elif x != y and str(x) != str(y):
+            return f"{key} {x!r} in the run, {y!r} in the baseline"
+    return ""
+
+
+def trained_again(run: dict, baseline: dict) -> dict[str, bool]:
+    """Per recipe of the baseline: True where its models are not all in the run with the same weights (trained
+    again: other keys, weights or repeats), False where they are (per-image tests apply)."""
+    mine, theirs = repeats.of_results(run), repeats.of_results(baseline)
+    out: dict[str, bool] = {}
+    for name, where in theirs.items():
+        recipe = where["recipe"]
+        info, other = (baseline.get("models") or {}).get(name, {}), (run.get("models") or {}).get(name)
+        if "weights" not in info:  # results without model records: as the gate always did
+            same = True
+        else:
+            same = other is not None and all(other.get(k) == info.get(k) for k in ("key", "weights"))
+        out[recipe] = out.get(recipe, False) or not same
+    return out
+
+
 def compare(run: dict, baseline: dict, *, alpha: float = 0.01, tolerance: float | None = None,
             either_way: bool = False, run_examples: pd.DataFrame | None = None,
             baseline_examples: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per baseline cell and metric: baseline, run, delta, the test, its p-value and n, regression. Like
-    for like: the run is cut to the baseline's cells (seeds, sizes) and images before anything is compared."""
+    """One row per baseline cell (or, for models trained again with several trainings, per recipe and attack)
+    and metric: baseline, run, delta, the test, its p-value and n, regression. Like for like: the run is cut to
+    the baseline's cells (seeds, sizes) and images before anything is compared."""
+    like_for_like(run, baseline)
+    again = trained_again(run, baseline)
+    found_run, found_base = repeats.of_results(run), repeats.of_results(baseline)
+    by_repeats = {r for r, yes in again.items() if yes and (
+        sum(v["recipe"] == r for v in found_run.values()) > 1 or sum(v["recipe"] == r for v in found_base.values()) > 1)}
+    rows = []
+    if by_repeats:
+        rows += _repeat_rows(run, baseline, by_repeats, alpha=alpha, tolerance=tolerance, either_way=either_way)
+        keep = lambda r, found: [c for c in r["cells"] if found.get(c["model"], {}).get("recipe", c["model"])  # noqa: E731
+                                 not in by_repeats]
+        run, baseline = {**run, "cells": keep(run, found_run)}, {**baseline, "cells": keep(baseline, found_base)}
+        run_examples = None if run_examples is None else run_examples[~run_examples["recipe"].isin(by_repeats)]
+        baseline_examples = (None if baseline_examples is None
+                             else baseline_examples[~baseline_examples["recipe"].isin(by_repeats)])
+        if not baseline["cells"]:
+            return pd.DataFrame(rows)
+    per_image = _per_image_rows(run, baseline, alpha=alpha, tolerance=tolerance, either_way=either_way,
+                                run_examples=run_examples, baseline_examples=baseline_examples)
+    retrained = {r for r, yes in again.items() if yes}
+    for row in per_image:
+        if found_base.get(row["model"], {}).get("recipe", row["model"]) in retrained:
+            row["test"] += "; models trained again, one training each: training variance not in this test"
+    return pd.DataFrame(rows + per_image)
+
+
+def _repeat_rows(run: dict, baseline: dict, recipes: set[str], *, alpha: float, tolerance: float | None,
+                 either_way: bool) -> list[dict]:
+    """Per (recipe, attack) and metric: Welch's t-test of the two runs' means of the top repeated level."""
+    values = {side: _instance_values(r) for side, r in (("run", run), ("baseline", baseline))}
+    found = {"run": repeats.of_results(run), "baseline": repeats.of_results(baseline)}
+    base_frame = cells(baseline)
+    rows = []
+    for recipe in [r for r in dict.fromkeys(found["baseline"][m]["recipe"] for m in base_frame["model"]
+                                            if m in found["baseline"]) if r in recipes]:
+        for attack in dict.fromkeys(base_frame.loc[base_frame["model"].map(
+                lambda m: found["baseline"].get(m, {}).get("recipe")) == recipe, "attack"]):
+            sides = {}
+            for side in ("run", "baseline"):
+                names = [m for m, v in found[side].items() if v["recipe"] == recipe
+                         and (m, attack) in values[side].index]
+                if not names:
+                    raise UserError(f"run lacks {recipe} / {attack}, which the baseline has")
+                sides[side] = names
+            for metric in ("orig_acc", "adv_acc", "ratio"):
+                units = {side: _unit_means(values[side].loc[[(m, attack) for m in names], metric].to_numpy(float),
+                                           [found[side][m]["path"] for m in names])
+                         for side, names in sides.items()}
+                rows.append(_welch_row(recipe, attack, metric, units, alpha=alpha, tolerance=tolerance,
+                                       either_way=either_way))
+    return rows
+
+
+def _instance_values(results: dict) -> pd.DataFrame:
+    """Per (model, attack): orig_acc and adv_acc at the largest size pooled over seeds, and the paper's ratio."""
+    frame = cells(results)
+    out = pooled(results).reset_index().set_index(["model", "attack"])[["orig_acc", "adv_acc"]]
+    out["ratio"] = pd.Series({key: _paper_ratio(group) for key, group in frame.groupby(["model", "attack"],
+                                                                                          sort=False)})
+    return out
+
+
+def _unit_means(values: np.ndarray, paths: list[tuple[int, ...]]) -> np.ndarray:
+    """The means of the top repeated level (benchmark.variance), or the one value of a single training."""
+    depth = variance.replicated_level(paths)
+    if depth is None:
+        return values[:1]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, path in enumerate(paths):
+        groups.setdefault(path[:depth + 1], []).append(i)
+    return np.array([variance.hierarchical_mean(values[idx], [paths[i] for i in idx], depth + 1)
+                     for idx in groups.values()])
+
+
+def _welch_row(recipe: str, attack: str, metric: str, units: dict[str, np.ndarray], *, alpha: float,
+               tolerance: float | None, either_way: bool) -> dict:
+    mine, theirs = units["run"], units["baseline"]
+    m, b = float(np.mean(mine)), float(np.mean(theirs))
+    delta = m - b
+    n = f"{len(mine)} vs {len(theirs)}"
+    row = {"model": recipe, "attack": attack, "size": "largest" if metric != "ratio" else "mean over sizes",
+           "metric": metric, "baseline": b, "run": m, "delta": delta, "p": float("nan"), "n": n}
+    if np.isnan(m) or np.isnan(b):
+        both = np.isnan(m) and np.isnan(b)
+        return {**row, "test": "undefined on both sides: no change" if both else
+                f"undefined in the {'run' if np.isnan(m) else 'baseline'} only (no originally correct image): "
+                "not tested", "regression": False}
+    if tolerance is not None:
+        return {**row, "test": f"|change of the mean over trainings| > {tolerance:g}",
+                "regression": bool((abs(delta) if either_way else -delta) > tolerance + 1e-12)}
+    var = {side: (float(np.var(u, ddof=1)) if len(u) > 1 else float("nan")) for side, u in units.items()}
+    if np.isnan(var["run"]):
+        var["run"] = var["baseline"]  # one training in the run: the baseline's spread stands in for its own
+    if np.isnan(var["baseline"]):
+        var["baseline"] = var["run"]
+    se2 = var["run"] / len(mine) + var["baseline"] / len(theirs)
+    parts = [(var["run"] / len(mine), len(mine) - 1), (var["baseline"] / len(theirs), len(theirs) - 1)]
+    df = se2 ** 2 / sum(v ** 2 / d for v, d in parts if d > 0) if se2 > 0 else float("inf")
+    if se2 == 0:
+        p = 1.0 if delta == 0 else 0.0
+    else:
+        t = delta / np.sqrt(se2)
+        p = float(2 * t_dist.sf(abs(t), df)) if either_way else float(t_dist.cdf(t, df))
+    return {**row, "p": p, "test": f"Welch t on the training means (models trained again; {n} trainings at the "
+                                   f"top repeated level)",
+            "regression": bool(p < alpha and (delta < 0 or either_way) and delta != 0)}
+
+
+def _per_image_rows(run: dict, baseline: dict, *, alpha: float, tolerance: float | None, either_way: bool,
+                    run_examples: pd.DataFrame | None, baseline_examples: pd.DataFrame | None) -> list[dict]:
+    """The per-image tests of models with the same weights on both sides (module docstring)."""
     require_cells(run, baseline)
     run, run_examples = _like(run, run_examples, baseline)
     mine, base = pooled(run), pooled(baseline)
@@ -156,7 +354,7 @@ def compare(run: dict, baseline: dict, *, alpha: float = 0.01, tolerance: float 
                          "delta": delta, "p": p, "n": n, "test": test, "regression": bool(flagged)})
     rows += _ratio_rows(run, baseline, alpha=alpha, tolerance=tolerance, either_way=either_way,
                         run_examples=run_examples, baseline_examples=baseline_examples)
-    return pd.DataFrame(rows)
+    return rows
 
 
 def _ratio_rows(run: dict, baseline: dict, *, alpha: float, tolerance: float | None, either_way: bool,
@@ -208,7 +406,7 @@ def main(run_dir: Path, baseline_path: Path, *, alpha: float = 0.01, tolerance: 
     kind = "drop" + (" or rise" if either_way else "")
     rule = (f"a {kind} beyond {tolerance:g}" if tolerance is not None
             else f"a {kind} significant at alpha = {alpha:g}")
-    tests = sorted({t.split(" (")[0] if "bootstrap" in t else t for t in table["test"]})
+    tests = sorted({t.split(" (")[0] if "bootstrap" in t or t.startswith("Welch") else t for t in table["test"]})
     found = ", ".join(f"{metric} {count}" for metric, count in bad["metric"].value_counts(sort=False).items())
     print(f"checked {len(table)} values in {len(table) // (len(METRICS) + 1)} cells (accuracies at the largest "
           f"size pooled over seeds, and the ADV/ORIG ratio) against {baseline_path}; a regression is {rule} "

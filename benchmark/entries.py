@@ -13,7 +13,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from benchmark import sources
+from benchmark import repeats, sources
 from benchmark.errors import UserError
 from benchmark.models import ARCHITECTURES
 from benchmark.train import SCHEDULES
@@ -21,16 +21,25 @@ from benchmark.train import SCHEDULES
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 MAX_NAME = 100  # bytes: two of them and a prefix stay below the 255 a file name may have
 BASE_KEYS = {"arch": str, "mean": list, "std": list, "lr": float, "batch_size": int, "epochs": int,
-             "augment": bool, "seed": int, "early_stop": dict, "train_images": int, "pretrained": str}
+             "augment": bool, "seed": int, "early_stop": dict, "train_images": int, "pretrained": str,
+             "repeats": int}
 FINETUNE_KEYS = {"from": str, "attack": str, "images": int, "split": str, "schedule": str, "lr": float,
-                 "batch_size": int, "epochs": int, "seed": int, "warmup": float, "final": float}
+                 "batch_size": int, "epochs": int, "seed": int, "warmup": float, "final": float, "repeats": int}
 EARLY_STOP_KEYS = {"patience": int, "val_size": int}
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    name: str
-    entry: dict[str, Any]  # the suite's entry with defaults filled in: what the model's key hashes
+    """One model of the suite: a recipe's instance (benchmark.repeats), its entry with defaults filled in and the
+    instance's training seed, `from` naming the parent's instance: what the model's key hashes."""
+    name: str  # the instance: the recipe's name, or e.g. "aft-fgsm@r1.3" where the recipe has several
+    entry: dict[str, Any]
+    recipe: str = ""  # the suite's model name ("" : the same as `name`)
+    repeat: tuple[int, ...] = (0,)  # the repeat path: one index per level of the fine-tune chain
+
+    def __post_init__(self):
+        if not self.recipe:
+            object.__setattr__(self, "recipe", self.name)
 
     @property
     def parent(self) -> str | None:
@@ -218,11 +227,14 @@ def parse_minimal_eps(entry: dict, params: dict, name: str, fail) -> dict[str, A
 
 def parse_models(table: dict, attack_table: dict, fail, suite_dir: Path) -> dict[str, ModelSpec]:
     entries: dict[str, dict] = {}
+    counts: dict[str, int] = {}
     for name, entry in table.items():
         check_identifier(name, "model", fail)
         if not isinstance(entry, dict):
             raise fail(f"models.{name} must be a table")
         where = f"models.{name}."
+        counts[name] = repeat_count(entry, where, fail)
+        entry = {k: v for k, v in entry.items() if k != "repeats"}
         if "from" in entry:
             check_typed(entry, FINETUNE_KEYS, where, fail)
             if entry.get("attack") not in attack_table:
@@ -292,7 +304,49 @@ def parse_models(table: dict, attack_table: dict, fail, suite_dir: Path) -> dict
 
     for name in entries:
         visit(name, ())
-    return ordered
+    return expand(ordered, counts, fail)
+
+
+def repeat_count(entry: dict, where: str, fail) -> int:
+    """A recipe's `repeats`: independent trainings, 1 (the default) to repeats.MAX_REPEATS."""
+    if "repeats" not in entry:
+        return 1
+    value = entry["repeats"]
+    if sources.is_loaded(entry):
+        raise fail(f"{where}repeats: a loaded model is one trained model (one repeat); a fine-tune from it can "
+                   "repeat")
+    if not is_int(value) or not 1 <= value <= repeats.MAX_REPEATS:
+        raise fail(f"{where}repeats must be an integer from 1 to {repeats.MAX_REPEATS} (independent trainings of "
+                   f"this recipe), got {value!r}")
+    return value
+
+
+def expand(recipes: dict[str, ModelSpec], counts: dict[str, int], fail) -> dict[str, ModelSpec]:
+    """Every recipe's instances (benchmark.repeats), parents before their fine-tunes: a fine-tune's repeats
+    within every instance of its parent, each with its own training seed."""
+    totals: dict[str, int] = {}
+    for name, spec in recipes.items():
+        totals[name] = counts[name] * (totals[spec.parent] if spec.parent is not None else 1)
+    if sum(totals.values()) > repeats.MAX_INSTANCES:
+        raise fail(f"the repeats ask for {sum(totals.values()):,} trained models; at most "
+                   f"{repeats.MAX_INSTANCES:,} (repeats multiply down a fine-tune chain)")
+    out: dict[str, ModelSpec] = {}
+    by_recipe: dict[str, list[ModelSpec]] = {}
+    for name, spec in recipes.items():
+        parents = by_recipe[spec.parent] if spec.parent is not None else [None]
+        made = []
+        for parent in parents:
+            for r in range(counts[name]):
+                path = (parent.repeat if parent is not None else ()) + (r,)
+                entry = dict(spec.entry)
+                if "seed" in entry:
+                    entry["seed"] = repeats.training_seed(entry["seed"], path)
+                if parent is not None:
+                    entry["from"] = parent.name
+                made.append(ModelSpec(repeats.instance_name(name, path, totals[name] == 1), entry, name, path))
+        by_recipe[name] = made
+        out.update((m.name, m) for m in made)
+    return out
 
 
 def pretrained_weights(entry: dict, where: str, fail, suite_dir: Path) -> dict[str, str]:

@@ -1,6 +1,7 @@
 """Per-example results: `examples.csv` beside results.json, one row per attacked image at the largest size.
 
-Columns: model, attack, attack_family, seed, position (0-based place in the seed's evaluation order; size s is
+Columns: model (a trained model: its recipe's name, or recipe@repeat where the recipe repeats), recipe, repeat
+(benchmark.repeats: 'r0', 'r1.3'), attack, attack_family, seed, position (0-based place in the seed's evaluation order; size s is
 positions < s), index (into the test split), label, pred_orig, pred_adv, correct_orig, correct_adv, and the
 perturbation's l0 (changed pixel-channels), l2 and linf in pixel space ([0,1] images), and where a run has an
 attack with `minimal_eps`, min_eps (empty for the other attacks). Every accuracy cell of
@@ -17,14 +18,19 @@ from benchmark.errors import UserError
 from benchmark.store import atomic_write
 
 FILE = "examples.csv"
-COLUMNS = ["model", "attack", "attack_family", "seed", "position", "index", "label", "pred_orig", "pred_adv",
-           "correct_orig", "correct_adv", "l0", "l2", "linf"]
+COLUMNS = ["model", "recipe", "repeat", "attack", "attack_family", "seed", "position", "index", "label",
+           "pred_orig", "pred_adv", "correct_orig", "correct_adv", "l0", "l2", "linf"]
+# Columns a file written before repeated training lacks; load() fills them in (one repeat of each model).
+ADDED = {"recipe": lambda table: table["model"], "repeat": lambda table: "r0"}
 OPTIONAL = ["min_eps"]  # an attack with minimal_eps (benchmark.minimal): 0 already wrong, inf not fooled at max
 
 
-def frame(jobs: Iterable, outcomes: Iterable[dict]) -> pd.DataFrame:
+def frame(jobs: Iterable, outcomes: Iterable[dict], coordinates: dict[str, tuple[str, str]] | None = None
+          ) -> pd.DataFrame:
     """One row per image of each evaluation; `jobs` are context.Evaluation (model, attack spec, seed) and
-    `outcomes` the per-image lists evaluate.run_evaluation returns, with the evaluated `indices`."""
+    `outcomes` the per-image lists evaluate.run_evaluation returns, with the evaluated `indices`; `coordinates`
+    gives each model's (recipe, repeat) (benchmark.repeats; default: its own name, 'r0')."""
+    coordinates = coordinates or {}
     parts = []
     for job, outcome in zip(jobs, outcomes):
         n = len(outcome["label"])
@@ -35,6 +41,9 @@ def frame(jobs: Iterable, outcomes: Iterable[dict]) -> pd.DataFrame:
         part.insert(0, "seed", job.seed)
         part.insert(0, "attack_family", job.attack.family)
         part.insert(0, "attack", job.attack.name)
+        recipe, repeat = coordinates.get(job.model, (job.model, "r0"))
+        part.insert(0, "repeat", repeat)
+        part.insert(0, "recipe", recipe)
         part.insert(0, "model", job.model)
         parts.append(part)
     out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
@@ -43,9 +52,10 @@ def frame(jobs: Iterable, outcomes: Iterable[dict]) -> pd.DataFrame:
     return out[COLUMNS + [c for c in OPTIONAL if c in out]]
 
 
-def write(path: Path, jobs: Iterable, outcomes: Iterable[dict]) -> pd.DataFrame:
+def write(path: Path, jobs: Iterable, outcomes: Iterable[dict],
+          coordinates: dict[str, tuple[str, str]] | None = None) -> pd.DataFrame:
     """Build the frame and write it atomically as CSV to `path`."""
-    table = frame(jobs, outcomes)
+    table = frame(jobs, outcomes, coordinates)
     atomic_write(Path(path), table.to_csv(index=False).encode())
     return table
 
@@ -56,9 +66,12 @@ def load(run_dir: Path) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     try:
-        table = pd.read_csv(path)
+        table = pd.read_csv(path, dtype={c: str for c in ("model", "recipe", "repeat", "attack", "attack_family")})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not a readable CSV ({exc})") from None
+    for column, fill in ADDED.items():
+        if column not in table.columns:
+            table.insert(list(COLUMNS).index(column), column, fill(table))
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:
         raise UserError(f"{path}: missing column(s) {', '.join(missing)}")

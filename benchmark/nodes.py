@@ -55,7 +55,9 @@ def finetune_node(ctx: Context, values: dict, *, name: str, parent: str, adversa
     spec = ctx.suite.models[name]
     ctx.model_info[spec.parent] = parent_info = values[parent]
     adv = values[adversarial_set]
-    key = digest({"kind": "finetune", "entry": spec.entry, "parent": [parent_info["key"], parent_info["weights"]],
+    # The parent by its key and weights, not by its name (an instance's name changes when its recipe repeats).
+    entry = {k: v for k, v in spec.entry.items() if k != "from"}
+    key = digest({"kind": "finetune", "entry": entry, "parent": [parent_info["key"], parent_info["weights"]],
                   "adversarial_set": adv["info"]["hash"], **ctx.made_with("model"),
                   "precision": _precision(ctx, False)})[:24]
     info = cached(ctx, "model-info", key, partial(finetune, ctx, spec, key, adv["key"], adv["info"]),
@@ -88,7 +90,8 @@ def load_source(ctx: Context, spec: ModelSpec) -> dict:
 def _recipe_source(spec: ModelSpec) -> dict:
     e = spec.entry
     if spec.parent is not None:
-        return {"kind": "fine-tune", "from": spec.parent, "attack": e["attack"], "images": e["images"]}
+        return {"kind": "fine-tune", "from": spec.parent, "attack": e["attack"], "images": e["images"],
+                "seed": e["seed"]}
     source = {"kind": "trained", "arch": e["arch"], "epochs": e["epochs"], "seed": e["seed"]}
     if "pretrained" in e:
         source["pretrained"] = {"file": Path(e["pretrained"]["file"]).name, "sha256": e["pretrained"]["sha256"]}

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from benchmark import data as datasets
-from benchmark import env, evaluate, examples, fingerprint, preflight, report
+from benchmark import claims, env, evaluate, examples, fingerprint, preflight, repeats, report, stats
 from benchmark.context import Context, Evaluation, Work
 from benchmark.errors import UserError
 from benchmark.executor import Executor, LocalExecutor
@@ -133,8 +133,8 @@ def write_run(work: Work, plan: Plan, outcome: Outcome, out: Path, executor: dic
     import pandas as pd
 
     suite, data = work.suite, work.data
-    model_info = {name: {**{k: v for k, v in outcome.values[node].items() if k != "computed"}, "name": name}
-                  for name, node in plan.models.items()}
+    model_info = {name: {**{k: v for k, v in outcome.values[node].items() if k != "computed"}, "name": name,
+                         **coordinates(suite.models[name])} for name, node in plan.models.items()}
     jobs = [job for job, _ in plan.evaluations]
     outcomes = [outcome.values[node] for _, node in plan.evaluations]
     rows = summarize(suite, model_info, len(data.classes), jobs, outcomes)
@@ -146,7 +146,10 @@ def write_run(work: Work, plan: Plan, outcome: Outcome, out: Path, executor: dic
                           "compared": {name: {"check": check, "checks": of} for name, check, of in suite.checks.uses},
                           "probes": {model: {k: v for k, v in outcome.values[node].items() if k != "computed"}
                                      for model, node in plan.probes.items()}}}
-    examples.write(out / examples.FILE, jobs, outcomes)  # first: a results.json always has its examples
+    table = examples.write(out / examples.FILE, jobs, outcomes,  # first: a results.json always has its examples
+                           {name: (info["recipe"], info["repeat"]) for name, info in model_info.items()})
+    # The paper's claims over the repeats, machine-readable: what the report's verdicts, check and the README read.
+    results["claims"] = [c.record() for c in claims.claims(results, stats.replicates_of(results), table)]
     atomic_json(out / "results.json", results)
     # data: loading and checks; graph: the executor's wall time for every suite of the command; a stage: the
     # seconds its nodes took where they ran (summed over workers running in parallel).
@@ -163,6 +166,12 @@ def write_run(work: Work, plan: Plan, outcome: Outcome, out: Path, executor: dic
     if write_report:
         report.write(out)
     return pd.DataFrame(rows)
+
+
+def coordinates(spec) -> dict:
+    """Where a model sits among its recipe's repeats (benchmark.repeats): its recipe, its repeat ('r1.3') and
+    its parent's instance."""
+    return {"recipe": spec.recipe, "repeat": repeats.label(spec.repeat), "parent": spec.parent}
 
 
 def prepare_data(suite: Suite, data_dir, loaded: dict[str, datasets.Dataset] | None = None) -> datasets.Dataset:
@@ -194,7 +203,8 @@ def summarize(suite: Suite, model_info: dict[str, dict], num_classes: int, jobs:
         tuned_on = set(model_info[job.model].get("finetune_indices", []))
         test_split = suite.models[job.model].entry.get("split") == "test"
         for size in suite.sizes:
-            row = {"model": job.model, "attack": job.attack.name, "attack_family": job.attack.family,
+            row = {"model": job.model, **{k: model_info[job.model][k] for k in ("recipe", "repeat")},
+                   "attack": job.attack.name, "attack_family": job.attack.family,
                    "adapter": job.attack.adapter, "seed": job.seed, "size": size,
                    "sweep": list(job.attack.sweep) if job.attack.sweep else None,
                    "batch_invariant": outcome.get("batch_invariant", True),

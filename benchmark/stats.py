@@ -26,6 +26,7 @@ from scipy import stats as scipy_stats
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.proportion import proportion_confint
 
+from benchmark import repeats
 from benchmark.errors import UserError
 
 LEVEL = 0.95
@@ -62,9 +63,14 @@ def resample(correct: np.ndarray, sizes: Sequence[int], rng: np.random.Generator
     for s in range(seeds):
         start, total = 0, np.zeros((1 + replicates, columns))
         for z, stop in enumerate(sizes):
-            band = correct[s, start:stop].astype(np.int32)
-            picks = rng.integers(0, stop - start, size=(replicates, stop - start))
-            total = total + np.concatenate([band.sum(0)[None], band[picks].sum(1)])
+            band = correct[s, start:stop].astype(np.int64)
+            width = stop - start
+            picks = rng.integers(0, width, size=(replicates, width))
+            # How often each image is picked per replicate, times the band: band[picks].sum(1) without the
+            # (replicates, width, columns) array, the same integers.
+            times = np.bincount((picks + width * np.arange(replicates)[:, None]).ravel(),
+                                minlength=replicates * width).reshape(replicates, width)
+            total = total + np.concatenate([band.sum(0)[None], times @ band])
             counts[:, :, s, z] = total
             start = stop
     return counts / np.asarray(sizes, dtype=float)
@@ -349,6 +355,7 @@ def replicates_of(results: dict) -> dict[tuple[str, str], CellReplicates]:
 
 
 def iter_parents(results: dict) -> Iterable[tuple[str, str]]:
-    for model, entry in results.get("suite", {}).get("models", {}).items():
-        if entry.get("from"):
-            yield model, entry["from"]
+    """(model, its parent) for every fine-tuned model of a run, repeat by repeat (benchmark.repeats)."""
+    for model, info in repeats.of_results(results).items():
+        if info["parent"]:
+            yield model, info["parent"]

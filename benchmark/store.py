@@ -23,16 +23,28 @@ from typing import Any
 
 import torch
 
+from benchmark.errors import UserError
+
 
 def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """`data` at `path`, whole or not at all. A write that fails (a full disk, a file-size limit, no permission)
+    leaves no temporary file and is one line naming the file and the cause (UserError)."""
     # Unique across processes and hosts: workers of a cluster may share the folder (and a pid, in containers).
     tmp = path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {exc.strerror or exc} (errno {exc.errno}); free space or lift the "
+                        "limit, then run again: finished work is kept in the store") from None
+    except BaseException:  # an interrupt between open and rename
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_json(path: Path, obj: Any) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmark import extends
+from benchmark import extends, repeats
 from benchmark.checks import Checks, parse_checks
 from benchmark.data import KNOWN_SHAPES, SOURCES, SYNTHETIC_SIZE, resolved
 from benchmark.entries import (PARENT, AttackSpec, ModelSpec, check_finite, check_unknown, is_int, name_list,
@@ -38,9 +38,9 @@ class Suite:
     name: str
     profile: str
     data: dict[str, Any]
-    models: dict[str, ModelSpec]  # in dependency order
+    models: dict[str, ModelSpec]  # every recipe's instances (benchmark.repeats), in dependency order
     attacks: dict[str, AttackSpec]  # expanded
-    matrix_models: list[str]
+    matrix_models: list[str]  # instances of the recipes [matrix] names
     matrix_attacks: list[str]  # expanded names
     sizes: list[int]
     seeds: list[int]
@@ -57,8 +57,26 @@ class Suite:
 
     def source_of(self, attack: AttackSpec, model: str) -> str | None:
         """The model a transfer attack crafts its images on when evaluated on `model` (None: on `model` itself,
-        or for a check's transfer from the parent on a model without one: not evaluated)."""
-        return self.models[model].parent if attack.source == PARENT else attack.source
+        or for a check's transfer from the parent on a model without one: not evaluated). A source recipe with
+        repeats gives the instance on `model`'s branch of them (repeats.pick)."""
+        if attack.source == PARENT:
+            return self.models[model].parent
+        if attack.source is None:
+            return None
+        candidates = [(s.name, s.repeat) for s in self.instances(attack.source)]
+        return repeats.pick(candidates, self.models[model].repeat)
+
+    def instances(self, recipe: str) -> list[ModelSpec]:
+        """A recipe's trained models, in repeat order."""
+        return [s for s in self.models.values() if s.recipe == recipe]
+
+    @property
+    def recipes(self) -> dict[str, list[str]]:
+        """Each recipe's instance names, in dependency order."""
+        out: dict[str, list[str]] = {}
+        for spec in self.models.values():
+            out.setdefault(spec.recipe, []).append(spec.name)
+        return out
 
     def evaluates(self, model: str, attack: AttackSpec) -> bool:
         return attack.source != PARENT or self.models[model].parent is not None
@@ -80,6 +98,7 @@ class Suite:
         evaluations = len(self.seeds) * sum(self.evaluates(m, self.attacks[a]) for m in self.matrix_models
                                             for a in self.evaluated_attacks)
         return {"suite": self.name, "profile": self.profile, "data": self.data["source"],
+                "trainings": {recipe: len(names) for recipe, names in self.recipes.items()},
                 "base_models": [m.name for m in base],
                 "loaded_models": {m.name: m.entry.get("file", m.entry["source"]) for m in self.models.values()
                                   if m.loaded},
@@ -171,10 +190,12 @@ def parse(raw: dict[str, Any], path: Path) -> Suite:
 
     matrix = raw["matrix"]
     check_unknown(matrix, {"models", "attacks"}, "matrix.", fail)
-    matrix_models = name_list(matrix.get("models"), "matrix.models", fail)
-    for name in matrix_models:
-        if name not in models:
-            raise fail(f"matrix.models names unknown model {name!r}; defined: {', '.join(models)}")
+    matrix_recipes = name_list(matrix.get("models"), "matrix.models", fail)
+    recipes = list(dict.fromkeys(m.recipe for m in models.values()))
+    for name in matrix_recipes:
+        if name not in recipes:
+            raise fail(f"matrix.models names unknown model {name!r}; defined: {', '.join(recipes)}")
+    matrix_models = [m.name for recipe in matrix_recipes for m in models.values() if m.recipe == recipe]
     matrix_attacks = []
     for name in name_list(matrix.get("attacks"), "matrix.attacks", fail):
         expanded = [a.name for a in attacks.values() if a.family == name]
@@ -182,8 +203,9 @@ def parse(raw: dict[str, Any], path: Path) -> Suite:
             raise fail(f"matrix.attacks names unknown attack {name!r}; defined: {', '.join(raw['attacks'])}")
         matrix_attacks += expanded
     for spec in attacks.values():
-        if spec.source is not None and spec.source not in models:
-            raise fail(f"attacks.{spec.family}.source names unknown model {spec.source!r}; defined: {', '.join(models)}")
+        if spec.source is not None and spec.source not in recipes:
+            raise fail(f"attacks.{spec.family}.source names unknown model {spec.source!r}; defined: "
+                       f"{', '.join(recipes)}")
     checks, derived = parse_checks(raw.get("checks"), attacks, name_list(matrix.get("attacks"), "matrix.attacks", fail),
                                    fail)
     if checks.from_parent and not any(models[m].parent for m in matrix_models):
@@ -211,10 +233,25 @@ def parse(raw: dict[str, Any], path: Path) -> Suite:
                   models=models, attacks=attacks, matrix_models=matrix_models, matrix_attacks=matrix_attacks,
                   sizes=sorted(sizes), seeds=list(seeds), eval_batch_size=batch,
                   reference=reference, checks=checks, check_attacks=list(derived))
+    check_sources(suite, fail)
     splits = known_splits(data)
     if splits is not None:
         check_sizes(suite, *splits)
     return suite
+
+
+def check_sources(suite: Suite, fail) -> None:
+    """Every transfer attack's source recipe gives each model of the matrix one instance to craft on."""
+    for attack in suite.evaluated_attacks:
+        spec = suite.attacks[attack]
+        if spec.source is None or spec.source == PARENT:
+            continue
+        for model in suite.matrix_models:
+            if suite.source_of(spec, model) is None:
+                n = len(suite.instances(spec.source))
+                raise fail(f"attacks.{spec.family}.source = {spec.source!r} has {n} repeats, and none of them lies "
+                           f"on the branch of {model} (repeat {repeats.label(suite.models[model].repeat)}): give "
+                           f"the source 1 repeat, or repeats that pair with the target's (benchmark.repeats)")
 
 
 def known_splits(data: dict[str, Any]) -> tuple[int, int] | None:

@@ -11,6 +11,7 @@ from tabulate import tabulate
 
 from benchmark import stats
 from benchmark.flags import ALPHA
+from benchmark.repeats import recipe_of
 from benchmark.report import Report, section
 from benchmark.report.frames import minimal_eps_attacks, paper_ratio
 
@@ -30,7 +31,8 @@ def matrix_section(report: Report) -> list[str]:
     if not parents or len(attacks) < 2:
         return []
     ratio = paper_ratio(report.means).set_index(["model", "attack"])["ratio"]
-    trained_on = {m: (f"{suite_models[m]['attack']} ({m})" if m in parents else f"none ({m})") for m in models}
+    trained_on = {m: (f"{suite_models[recipe_of(m)]['attack']} ({m})" if m in parents else f"none ({m})")
+                  for m in models}
     ratios = pd.DataFrame([[ratio.get((m, a), np.nan) for a in attacks] for m in models],
                           index=[trained_on[m] for m in models], columns=attacks)
     lines = ["## Attack-to-attack matrix\n",

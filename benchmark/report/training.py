@@ -10,6 +10,7 @@ from tabulate import tabulate
 from benchmark import claims
 from benchmark.report import Report, section
 from benchmark.report.frames import fmt, slug
+from benchmark.repeats import recipe_of
 
 
 @section("training", order=15)
@@ -27,7 +28,7 @@ def training(report: Report) -> list[str]:
             how = (f"stopped early after epoch {last}: validation loss had not improved for "
                    f"{last - best} epoch(s); the weights of epoch {best} (lowest validation loss) are kept")
         else:
-            epochs = results.get("suite", {}).get("models", {}).get(name, {}).get("epochs", last)
+            epochs = results.get("suite", {}).get("models", {}).get(recipe_of(name), {}).get("epochs", last)
             how = f"trained all {last} of {epochs} epoch(s)" + (
                 f"; the weights of epoch {best} (lowest validation loss) are kept" if best else "")
         paper = paper_clean_accuracy(results, name)
