@@ -19,10 +19,10 @@ one). `tolerance` replaces the tests by an absolute bound on the change (fractio
 What is compared is decided per recipe (benchmark.repeats). Where every model of the baseline is in the run with
 the same weights (same key and weights hash), the tests above run per image. Where the models were trained again
 (other weights, other repeats) and either side has several trainings, images say nothing about training noise:
-per (recipe, attack) and metric, Welch's t-test compares the two runs' means of the top repeated level (the base
-trainings; the fine-tunes where there is one base), each mean carrying everything below it, so a rerun of a
-repeated suite is judged against the spread its repeats show (a side with one training borrows the other side's
-spread). With one training on each side there is no spread to judge by: the per-image tests run, and the output
+per (recipe, attack) and metric, Student's t-test compares the two runs' means of the top repeated level (the
+base trainings; the fine-tunes where there is one base), each mean carrying everything below it, with their
+variance pooled over both sides (two runs of one suite train alike), so a rerun of a repeated suite is judged
+against the spread its repeats show (a side with one training borrows the other side's spread). With one training on each side there is no spread to judge by: the per-image tests run, and the output
 says that training variance is not in them.
 
 Like for like first: the data (pixels), each compared attack's parameters and each compared model's recipe must be
@@ -47,6 +47,7 @@ from benchmark.report import cells, load_results
 from benchmark.report.frames import read_results
 
 KEYS = ["model", "attack", "size"]
+ONE_EACH = "models trained again, one training each: training variance not in this test"
 METRICS = {"orig_acc": "correct_orig", "adv_acc": "correct_adv"}
 CELL = ["model", "attack", "seed", "size"]
 
@@ -240,13 +241,13 @@ def compare(run: dict, baseline: dict, *, alpha: float = 0.01, tolerance: float 
     retrained = {r for r, yes in again.items() if yes}
     for row in per_image:
         if found_base.get(row["model"], {}).get("recipe", row["model"]) in retrained:
-            row["test"] += "; models trained again, one training each: training variance not in this test"
+            row["test"] += f"; {ONE_EACH}"
     return pd.DataFrame(rows + per_image)
 
 
 def _repeat_rows(run: dict, baseline: dict, recipes: set[str], *, alpha: float, tolerance: float | None,
                  either_way: bool) -> list[dict]:
-    """Per (recipe, attack) and metric: Welch's t-test of the two runs' means of the top repeated level."""
+    """Per (recipe, attack) and metric: Student's t-test of the two runs' means of the top repeated level."""
     values = {side: _instance_values(r) for side, r in (("run", run), ("baseline", baseline))}
     found = {"run": repeats.of_results(run), "baseline": repeats.of_results(baseline)}
     base_frame = cells(baseline)
@@ -308,21 +309,19 @@ def _welch_row(recipe: str, attack: str, metric: str, units: dict[str, np.ndarra
     if tolerance is not None:
         return {**row, "test": f"|change of the mean over trainings| > {tolerance:g}",
                 "regression": bool((abs(delta) if either_way else -delta) > tolerance + 1e-12)}
-    var = {side: (float(np.var(u, ddof=1)) if len(u) > 1 else float("nan")) for side, u in units.items()}
-    if np.isnan(var["run"]):
-        var["run"] = var["baseline"]  # one training in the run: the baseline's spread stands in for its own
-    if np.isnan(var["baseline"]):
-        var["baseline"] = var["run"]
-    se2 = var["run"] / len(mine) + var["baseline"] / len(theirs)
-    parts = [(var["run"] / len(mine), len(mine) - 1), (var["baseline"] / len(theirs), len(theirs) - 1)]
-    df = se2 ** 2 / sum(v ** 2 / d for v, d in parts if d > 0) if se2 > 0 else float("inf")
-    if se2 == 0:
-        p = 1.0 if delta == 0 else 0.0
+    # Two runs of one suite train alike: under no change their training means share one variance, pooled over
+    # both sides (a side with one training adds no degrees of freedom).
+    df = len(mine) + len(theirs) - 2
+    pooled_var = (sum(float(np.var(u, ddof=1)) * (len(u) - 1) for u in (mine, theirs) if len(u) > 1) / df
+                  if df > 0 else float("nan"))
+    se = float(np.sqrt(pooled_var * (1 / len(mine) + 1 / len(theirs))))
+    if not se > 0:
+        p = 1.0 if delta == 0 or np.isnan(se) else 0.0
     else:
-        t = delta / np.sqrt(se2)
+        t = delta / se
         p = float(2 * t_dist.sf(abs(t), df)) if either_way else float(t_dist.cdf(t, df))
-    return {**row, "p": p, "test": f"Welch t on the training means (models trained again; {n} trainings at the "
-                                   f"top repeated level)",
+    return {**row, "p": p, "test": f"Student t on the training means, pooled variance (models trained again; {n} "
+                                   f"trainings at the top repeated level)",
             "regression": bool(p < alpha and (delta < 0 or either_way) and delta != 0)}
 
 
@@ -406,11 +405,17 @@ def main(run_dir: Path, baseline_path: Path, *, alpha: float = 0.01, tolerance: 
     kind = "drop" + (" or rise" if either_way else "")
     rule = (f"a {kind} beyond {tolerance:g}" if tolerance is not None
             else f"a {kind} significant at alpha = {alpha:g}")
-    tests = sorted({t.split(" (")[0] if "bootstrap" in t or t.startswith("Welch") else t for t in table["test"]})
+    tests = sorted({t.split(" (")[0] if "bootstrap" in t or t.startswith("Student") else t.split(";")[0]
+                    for t in table["test"]})
     found = ", ".join(f"{metric} {count}" for metric, count in bad["metric"].value_counts(sort=False).items())
     print(f"checked {len(table)} values in {len(table) // (len(METRICS) + 1)} cells (accuracies at the largest "
           f"size pooled over seeds, and the ADV/ORIG ratio) against {baseline_path}; a regression is {rule} "
           f"({', '.join(tests)}): {len(bad)} found" + (f" ({found})" if found else ""))
+    retrained = sorted({m for m, t in zip(table["model"], table["test"]) if ONE_EACH in t})
+    if retrained:
+        print(f"note: {', '.join(retrained)} trained again (other weights than the baseline's), one training on each "
+              "side: the per-image tests do not include the variance of training (repeats = N in the suite lets the "
+              "gate compare at the level of repeats)")
     ours, theirs = run.get("device") or "", baseline.get("device") or ""
     if ours and theirs and not (ours.startswith(theirs) or theirs.startswith(ours)):  # older results: no threads
         # Another device, or on a CPU another thread count, rounds differently: differences need not be the code's.

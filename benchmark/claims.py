@@ -259,4 +259,8 @@ def claims_frame(results: dict, reps: dict[tuple[str, str], CellReplicates],
     records = results.get("claims")
     if records is None:
         records = [c.record() for c in claims(results, reps, examples)]
-    return pd.DataFrame(records)
+    table = pd.DataFrame(records)
+    if not table.empty:  # the interval's ends as numbers (NaN: not measured)
+        table["value"] = table["estimate"].astype(float)
+        table["lo"], table["hi"] = ([np.nan if iv[i] is None else iv[i] for iv in table["interval"]] for i in (0, 1))
+    return table

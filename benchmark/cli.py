@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check a suite and print its expanded plan; runs nothing")
     validate.add_argument("suite")
+    validate.add_argument("--cost", action="store_true",
+                          help="also say what `run` would cost on this machine (loads the data; measures a few "
+                               "training steps and attack passes; reads the store)")
+    validate.add_argument("--device", default="auto", help="with --cost: auto (default), cpu or cuda")
+    validate.add_argument("--data-dir", help="with --cost: as for run")
+    validate.add_argument("--store", help="with --cost: the artefact store run would use (default runs/artefacts)")
 
     attacks = sub.add_parser("attacks", help="list the attacks that run here; with NAME, that attack's parameters")
     attacks.add_argument("name", nargs="?", help="e.g. torchattacks.PGD: every parameter, its default, if required")
@@ -103,6 +109,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         preflight.check_loaded(suite)  # reads checkpoints and imports factories: what can be found without running
         # The suite as it runs: every `extends` merged in, the files it came from.
         print(json.dumps({**suite.plan(), "files": suite.chain, "merged_suite": suite.raw}, indent=2))
+        if args.cost:
+            from benchmark.runner import estimate_cost
+
+            print(estimate_cost([suite], device=args.device, data_dir=args.data_dir, store=args.store).line(),
+                  file=sys.stderr)
         return 0
     if args.command == "attacks":
         from adapters import catalog

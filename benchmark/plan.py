@@ -59,30 +59,45 @@ def plan_graph(works: list[Work]) -> tuple[list[Node], list[Plan]]:
                 digest(["finetune", e, parent, adv, same]), f"{label}fine-tune {spec.name}", stage, work.token,
                 (parent, adv), partial(finetune_node, name=spec.name, parent=parent, adversarial_set=adv)), plan)
         size = max(suite.sizes)
+        jobs = []
         for model in suite.matrix_models:
             for attack_name in suite.evaluated_attacks:
                 spec = suite.attacks[attack_name]
                 if not suite.evaluates(model, spec):
                     continue
-                source = suite.source_of(spec, model)
                 for seed in suite.seeds:
-                    job = Evaluation(model, spec, seed, size, source)
-                    what = [spec.adapter, build_attack(spec, seed).describe(), seed, size]
-                    title = f"{label}{attack_name} on {model} (seed {seed})"
-                    if source is None:  # a per-image eps search (benchmark.minimal) or one evaluation
-                        run = minimal_node if spec.minimal_eps else evaluation_node
-                        node = Node(digest(["evaluation", plan.models[model], what, spec.minimal_eps, same, batch]),
-                                    title, f"attack:{attack_name}", work.token, (plan.models[model],),
-                                    partial(run, job=job, model=plan.models[model]))
-                    else:  # crafted once per source, attack and seed; evaluated on each target
-                        crafted = add(Node(digest(["crafted", plan.models[source], what, same, batch]),
-                                           f"{label}craft {attack_name} on {source} (seed {seed})",
-                                           f"attack:{attack_name}", work.token, (plan.models[source],),
-                                           partial(crafted_node, job=job, source=plan.models[source])), plan)
-                        node = Node(digest(["transfer", plan.models[model], crafted, same]), title,
-                                    f"attack:{attack_name}", work.token, (plan.models[model], crafted),
-                                    partial(transfer_node, job=job, model=plan.models[model], crafted=crafted))
-                    plan.evaluations.append((job, add(node, plan)))
+                    job = Evaluation(model, spec, seed, size, suite.source_of(spec, model))
+                    jobs.append((job, [spec.adapter, build_attack(spec, seed).describe(), seed, size]))
+
+        def crafted_on(job: Evaluation, what: list, *, source: str) -> str:
+            """The node of the images `job`'s attack crafts on `source` for its seed: once, whatever reads them."""
+            return add(Node(digest(["crafted", plan.models[source], what, same, batch]),
+                            f"{label}craft {job.attack.name} on {source} (seed {job.seed})",
+                            f"attack:{job.attack.name}", work.token, (plan.models[source],),
+                            partial(crafted_node, job=job, source=plan.models[source])), plan)
+
+        crafted = {digest(["crafted", plan.models[job.source], what, same, batch]): (job, what)
+                   for job, what in jobs if job.source is not None}
+        for job, what in jobs:
+            model, attack_name = job.model, job.attack.name
+            title = f"{label}{attack_name} on {model} (seed {job.seed})"
+            mine = digest(["crafted", plan.models[model], what, same, batch])
+            source = job.source
+            if source is None and not job.attack.minimal_eps and mine in crafted:
+                # A transfer from this model crafts the images its own white-box evaluation would: read them.
+                source = model
+            if source is None:  # a per-image eps search (benchmark.minimal) or one evaluation
+                run = minimal_node if job.attack.minimal_eps else evaluation_node
+                node = Node(digest(["evaluation", plan.models[model], what, job.attack.minimal_eps, same, batch]),
+                            title, f"attack:{attack_name}", work.token, (plan.models[model],),
+                            partial(run, job=job, model=plan.models[model]))
+            else:  # crafted once per source, attack and seed; evaluated on each target
+                images = crafted_on(*(crafted[mine] if job.source is None else (job, what)), source=source)
+                node = Node(digest(["transfer", plan.models[model], images, same]), title,
+                            f"attack:{attack_name}", work.token, (plan.models[model], images),
+                            partial(transfer_node, job=job, model=plan.models[model], crafted=images))
+            plan.evaluations.append((job, add(node, plan)))
+        for model in suite.matrix_models:
             n = suite.checks.probes(len(work.data.test_y))
             if n:
                 plan.probes[model] = add(Node(digest(["probes", plan.models[model], n, same]),

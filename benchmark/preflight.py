@@ -5,7 +5,6 @@ that keeps two runs off one output folder.
     check_models(suite, data)        # every base model takes the data's images (one forward pass each)
     load_all(suite, n, sample)       # every loaded model read, built and checked against the data
     check_loaded(suite)              # as far as `validate` can without the data
-    heavy_training(suite, data, ...) # a line when a CPU would train for hours (and the CPU-scale suite to try)
     claim = Claim(out)               # exclusive until released, garbage-collected or the process dies
 """
 from __future__ import annotations
@@ -77,43 +76,6 @@ def _forward_failure(spec, image, num_classes: int) -> str | None:
         return f" (it takes 3x32x32): {failure}"
     except RuntimeError:
         return f": {failure}"
-
-
-HEAVY_S = 3600.0  # a base training expected to take longer than this on a CPU gets a line before it starts
-
-
-def heavy_training(suite, data, device, stored: Callable[[Any], bool], limit_s: float = HEAVY_S) -> str | None:
-    """On a CPU: the base trainings the suite asks for that the store does not hold (`stored(spec)`), timed over a
-    few Adam steps here; one line (what, the estimate, what to try instead) when they exceed `limit_s`, else
-    None. The run goes on either way."""
-    import torch
-
-    from benchmark import models
-    from benchmark.train import seconds_per_image
-
-    if device.type != "cpu":
-        return None
-    lines, total = [], 0.0
-    for spec in suite.models.values():
-        if spec.parent is not None or spec.loaded or stored(spec):
-            continue
-        e = spec.entry
-        with torch.random.fork_rng(devices=[]):
-            model = models.build(e["arch"], mean=e["mean"], std=e["std"], num_classes=len(data.classes))
-            per_image = seconds_per_image(model, data.train_x, data.train_y)
-        held = e["early_stop"]["val_size"] if e["early_stop"] else 0
-        images = e["train_images"] or len(data.train_y) - held
-        seconds = e["epochs"] * images * per_image
-        total += seconds
-        rate = 1 / per_image
-        lines.append(f"{spec.name} ({e['arch']}, up to {e['epochs']} epochs on {images:,} images, "
-                     f"{f'{rate:,.0f}' if rate >= 10 else f'{rate:.2g}'} images/s measured)")
-    if total <= limit_s:
-        return None
-    sibling = suite.path.with_name(f"{suite.path.stem}-cpu.toml")
-    instead = f"for a CPU try {sibling}" if sibling.is_file() else "it is meant for a GPU (--device cuda)"
-    return (f"note: {suite.name} trains {'; '.join(lines)}: about {total / 3600:.1f} h on this CPU; {instead}; "
-            "going on")
 
 
 class Claim:

@@ -39,14 +39,13 @@ import numpy as np
 import torch
 
 from benchmark import data as datasets
-from benchmark import claims, env, evaluate, examples, fingerprint, preflight, repeats, report, stats
-from benchmark.context import Context, Evaluation, Work
+from benchmark import claims, cost, env, evaluate, examples, fingerprint, preflight, repeats, report, stats
+from benchmark.context import Evaluation, Work
 from benchmark.errors import UserError
 from benchmark.executor import Executor, LocalExecutor
 from benchmark.graph import Outcome, RunFailed
-from benchmark.nodes import base_key
 from benchmark.plan import Plan, plan_graph
-from benchmark.store import Store, atomic_json, tensors_hash
+from benchmark.store import atomic_json, tensors_hash
 from benchmark.suite import Suite, check_sizes, load, with_provided
 
 
@@ -101,16 +100,14 @@ def run_suites(suites: list[Suite | str | Path], outs: list[str | Path] | None =
     works = [Work(suite, data, torch_device, store_root.resolve(), versions, loaded, code)  # workers' cwd differs
              for suite, (data, loaded) in zip(suites, prepared)]
     data_seconds = time.perf_counter() - started
-    for work in works:
-        ctx = Context(work.suite, work.data, torch_device, Store(work.store_root), versions)
-        note = preflight.heavy_training(work.suite, work.data, torch_device, lambda spec: ctx.store.get_json(
-            "model-info", base_key(ctx, spec)) is not None)
-        if note:
-            print(note, file=sys.stderr)
     nodes, plans = plan_graph(works)
+    estimate = announce_cost(nodes, works, torch_device)
     graph_started = time.perf_counter()
     outcome = executor.run(nodes, {w.token: w for w in works})
     graph_seconds = time.perf_counter() - graph_started
+    computed = {n for n, v in outcome.values.items() if isinstance(v, dict) and v.get("computed")}
+    costs = {"estimate": estimate.record(), "measured": cost.measured(nodes, outcome.seconds, computed)}
+    cost.remember_rates(nodes, {w.token: w for w in works}, outcome.seconds, computed, torch_device)
     failed, skipped = outcome.failures(nodes)
     lost = {n.id for n in failed + skipped}
     described = executor.describe()
@@ -118,7 +115,7 @@ def run_suites(suites: list[Suite | str | Path], outs: list[str | Path] | None =
     for work, plan, out in zip(works, plans, outs):
         if lost.isdisjoint(plan.node_ids):
             frames.append(write_run(work, plan, outcome, out, described,
-                                    {"data": data_seconds, "graph": graph_seconds}, started, write_report))
+                                    {"data": data_seconds, "graph": graph_seconds}, started, write_report, costs))
             written.append(str(out))
     for claim in claims:
         claim.release()
@@ -127,8 +124,43 @@ def run_suites(suites: list[Suite | str | Path], outs: list[str | Path] | None =
     return frames
 
 
+def announce_cost(nodes, works: list[Work], device) -> "cost.Estimate":
+    """The command's cost estimate (benchmark.cost), one line on stderr before any work; on a CPU, a note naming
+    a CPU-scale suite where base training alone would take over HEAVY_S."""
+    estimate, _ = cost.estimate(nodes, {w.token: w for w in works}, device)
+    print(estimate.line(), file=sys.stderr)
+    if device.type == "cpu" and estimate.seconds.get("base trainings", 0.0) > HEAVY_S:
+        siblings = [str(w.suite.path.with_name(f"{w.suite.path.stem}-cpu.toml")) for w in works
+                    if w.suite.path.with_name(f"{w.suite.path.stem}-cpu.toml").is_file()]
+        instead = f"for a CPU try {', '.join(siblings)}" if siblings else "it is meant for a GPU (--device cuda)"
+        print(f"note: base training alone is about {estimate.seconds['base trainings'] / 3600:.1f} h on this CPU; "
+              f"{instead}; going on", file=sys.stderr)
+    return estimate
+
+
+HEAVY_S = 3600.0  # base training expected to take longer than this on a CPU gets a note before it starts
+
+
+def estimate_cost(suites: list[Suite | str | Path], *, device: str = "auto", data_dir: str | Path | None = None,
+                  store: str | Path | None = None) -> "cost.Estimate":
+    """What `run` would cost (benchmark.cost), without running or writing anything: `validate --cost`."""
+    suites = [s if isinstance(s, Suite) else load(s) for s in suites]
+    executor = LocalExecutor()
+    torch_device = executor.device(device)
+    loaded_data: dict[str, datasets.Dataset] = {}
+    versions, code = env.versions(), fingerprint.packages()
+    works = []
+    for suite in suites:
+        data = prepare_data(suite, data_dir, loaded_data)
+        loaded = preflight.load_all(suite, len(data.classes), data.test_x[:1].float() / 255, {})
+        works.append(Work(suite, data, torch_device, Path(store or Path("runs") / "artefacts").resolve(), versions,
+                          loaded, code))
+    nodes, _ = plan_graph(works)
+    return cost.estimate(nodes, {w.token: w for w in works}, torch_device)[0]
+
+
 def write_run(work: Work, plan: Plan, outcome: Outcome, out: Path, executor: dict, phases: dict[str, float],
-              started: float, write_report: bool):
+              started: float, write_report: bool, costs: dict | None = None):
     """A suite's results.json, examples.csv, run.json and report, from the graph's values."""
     import pandas as pd
 
@@ -161,7 +193,7 @@ def write_run(work: Work, plan: Plan, outcome: Outcome, out: Path, executor: dic
     # over the same store that this one waited for).
     computed = sum(bool(outcome.values[node].get("computed")) for node in plan.node_ids)
     atomic_json(out / "run.json", {"timings_s": timings, "device": results["device"], "executor": executor,
-                                   "suite_hash": suite.hash,
+                                   "suite_hash": suite.hash, "cost": costs or {},
                                    "nodes": {"computed": computed, "reused": len(plan.node_ids) - computed}})
     if write_report:
         report.write(out)

@@ -146,7 +146,8 @@ def _shared_image_variance(replicates: np.ndarray, per_instance: np.ndarray) -> 
     """The image variance every repeat shares: the mean covariance between two repeats' aligned replicates,
     from Var(mean of N) = shared + (mean variance - shared) / N; at least 0, at most one repeat's."""
     n = replicates.shape[1]
-    of_mean = float(np.var(replicates.mean(axis=1), ddof=1))
+    complete = replicates[np.isfinite(replicates).all(axis=1)]  # a replicate undefined for one repeat (a ratio
+    of_mean = float(np.var(complete.mean(axis=1), ddof=1))        # with no clean image left) is left out
     shared = (n * of_mean - float(np.mean(per_instance))) / (n - 1)
     return float(min(max(shared, 0.0), np.mean(per_instance)))
 
@@ -156,7 +157,7 @@ def components(observed: np.ndarray, paths: list[tuple[int, ...]], image_var: fl
     """SD that base training, fine-tuning and image sampling each add to one single-training run's value
     (method of moments on a balanced nested design; an estimate below zero is 0). The spread within a level
     carries the image noise that differs between models; where it is known (`shared` given) it is taken out."""
-    own_images = image_var - shared if shared is not None else 0.0
+    own_images = max(image_var - shared, 0.0) if shared is not None else 0.0
     out = {"images": float(np.sqrt(max(image_var, 0.0)))}
     if len(paths[0]) == 1 or len({p[0] for p in paths}) == len(paths):  # one level of repeats
         name = LEVELS[0] if len(paths[0]) == 1 else LEVELS[1]

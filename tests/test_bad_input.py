@@ -354,18 +354,28 @@ def test_torchattacks_autoattack_runs_seeded_with_the_models_classes():
 
 # ------------------------------------------------------------------------------------- the main command on a CPU
 def test_a_cpu_run_far_beyond_the_machine_says_so_names_the_cpu_suite_and_goes_on(capsys, tiny_suite, monkeypatch):
-    from benchmark import train
+    from benchmark import cost
 
     path = tiny_suite()
     store = str(path.parent / "store")
-    monkeypatch.setattr(train, "seconds_per_image", lambda *a, **k: 2.0)  # 2 x 1000 images: over an hour
+    measure = cost.measure
+
+    def slow(*args, **kwargs):  # 2 s a training image: 2 epochs x 1,000 images, over an hour
+        passes = measure(*args, **kwargs)
+        return cost.Passes({b: 2.0 for b in passes.train}, passes.forward, passes.backward)
+
+    monkeypatch.setattr(cost, "measure", slow)
     assert main(["run", str(path), "--out", str(path.parent / "a"), "--store", store, "--device", "cpu"]) == 0
-    note = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
-    assert len(note) == 1 and "trains base (small-cnn, up to 2 epochs on 1,000 images, 0.5 images/s measured): " \
-        "about 1.1 h on this CPU; it is meant for a GPU (--device cuda); going on" in note[0]
+    err = capsys.readouterr().err
+    note = [line for line in err.splitlines() if line.startswith("note:")]
+    assert len(note) == 1 and "note: base training alone is about 1.1 h on this CPU; it is meant for a GPU " \
+        "(--device cuda); going on" in note[0]
+    assert "cost: about 1 h 07 min on this cpu (1 base training up to" not in err  # the tiny suite has no early stop
+    assert "cost: about 1 h" in err and "1 base training 1 h" in err
     path.with_name(f"{path.stem}-cpu.toml").write_text(path.read_text())
     assert main(["run", str(path), "--out", str(path.parent / "b"), "--store", store, "--device", "cpu"]) == 0
-    assert "note:" not in capsys.readouterr().err  # the store holds the base model now: nothing to train
+    err = capsys.readouterr().err
+    assert "note:" not in err and "cost: nothing to compute" in err  # the store holds every node now
     path.write_text(path.read_text().replace("epochs = 2", "epochs = 3"))
     assert main(["run", str(path), "--out", str(path.parent / "c"), "--store", store, "--device", "cpu"]) == 0
     assert f"for a CPU try {path.with_name(path.stem + '-cpu.toml')}" in capsys.readouterr().err

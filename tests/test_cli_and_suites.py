@@ -28,8 +28,10 @@ def test_shipped_suites_validate(capsys, suite):
 def test_paper_plan_size(capsys):
     _, out, _ = _run(capsys, "validate", str(REPO / "suites" / "paper.toml"))
     plan = json.loads(out)
-    assert plan["finetuned_models"] == ["aft-fgsm", "aft-jsma"]
-    assert plan["evaluations"] == 3 * 3 * 3 and plan["cells"] == 3 * 3 * 3 * 5
+    # 3 base trainings, 5 fine-tunes of each per fine-tune recipe (benchmark.repeats)
+    assert plan["trainings"] == {"base": 3, "aft-fgsm": 15, "aft-jsma": 15}
+    assert plan["finetuned_models"][:6] == [f"aft-fgsm@r0.{f}" for f in range(5)] + ["aft-fgsm@r1.0"]
+    assert plan["evaluations"] == 33 * 3 * 3 and plan["cells"] == 33 * 3 * 3 * 5
 
 
 def test_list_parameter_expands_into_one_attack_per_value(tiny_suite):

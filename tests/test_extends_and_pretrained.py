@@ -81,10 +81,10 @@ def test_the_shipped_cpu_overlays_resolve_to_their_parents_recipes():
     both), and paper-authors-model's base is paper-code's: one base model for the full-scale pair."""
     suites = {n: load(REPO / "suites" / f"{n}.toml") for n in ("paper-cpu", "paper-code-cpu", "paper-code",
                                                               "paper-authors-model")}
-    assert suites["paper-cpu"].models["base"].entry == suites["paper-code-cpu"].models["base"].entry
-    assert suites["paper-authors-model"].models["base"].entry == suites["paper-code"].models["base"].entry
-    assert suites["paper-cpu"].models["base"].entry["epochs"] == 8
-    assert suites["paper-cpu"].models["base"].entry["early_stop"] is None
+    assert suites["paper-cpu"].models["base@r0"].entry == suites["paper-code-cpu"].models["base@r0"].entry
+    assert suites["paper-authors-model"].models["base@r0"].entry == suites["paper-code"].models["base@r0"].entry
+    assert suites["paper-cpu"].models["base@r0"].entry["epochs"] == 8
+    assert suites["paper-cpu"].models["base@r0"].entry["early_stop"] is None
     assert list(suites["paper-cpu"].attacks) == ["fgsm", "jsma"]
     for name in ("paper-cpu", "paper-code-cpu"):
         assert len((REPO / "suites" / f"{name}.toml").read_text().split("\nextends")[1].splitlines()) <= 12

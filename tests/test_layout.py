@@ -56,7 +56,7 @@ def test_adapters_never_import_the_benchmark():
 LAYERS = ([f"adapters.{m}" for m in "rng base registry families jsma_origin via_torchattacks via_art catalog".split()]
           + [f"benchmark.{m}" for m in (
               "errors store env data models train evaluate builders code_hashes fingerprint sources extends repeats entries "
-              "checks suite preflight graph ray_executor executor context nodes transfer minimal plan examples stats variance claims "
+              "checks suite preflight graph ray_executor executor context nodes transfer minimal plan cost examples stats variance claims "
               "flags report.frames "
               "report report.figures report.provenance report.training report.paper report.verdicts "
               "report.agreement report.robustness report.matrix report.curves report.per_image report.comparison report.environment runner check perf cli "

@@ -36,7 +36,7 @@ def _verdict_rows(results: dict, reps: dict, examples: pd.DataFrame | None) -> p
 
 def _agreement(agreement: dict, difference: bool) -> str:
     """'2 of 3' (value), '3 of 3 / 2 of 3' (value / direction): repeats whose single-run verdict is the same."""
-    if not agreement:
+    if not agreement or agreement["verdict"][1] < 2:  # one training: nothing to agree with
         return ""
     parts = [agreement["verdict"]] + ([agreement["direction"]] if difference and "direction" in agreement else [])
     return " / ".join(f"{k} of {n}" for k, n in parts)
@@ -81,8 +81,8 @@ def verdicts(results: dict, reps: dict, against: dict | None = None, examples: p
                  "image part every repeat shares (normal quantile, from the image bootstrap), added in quadrature. "
                  "'k of n': in how many of the n repeats the verdict a single training run would have been given "
                  "(its own image-only interval) is this one (value / direction). " if repeated else "")
-             + f"Image bootstraps are percentile bootstraps over images ({stats.REPLICATES} replicates, numpy seed "
-               f"{stats.BOOTSTRAP_SEED}); a difference marked 'paired' resamples the same images for both models "
+             + f"{'Image bootstraps are p' if repeated else 'P'}ercentile bootstraps over images "
+               f"({stats.REPLICATES} replicates, numpy seed {stats.BOOTSTRAP_SEED}); a difference marked 'paired' resamples the same images for both models "
                f"(examples.csv), otherwise the two models' intervals are drawn independently. "
              + ("A claim measured on one training run ('one training run' below) has an interval of image "
                 "sampling only: it leaves out the variance of training, which can be several times larger; its "

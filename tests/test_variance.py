@@ -1,0 +1,128 @@
+"""The statistics of training variance (benchmark.variance), proved by simulation: a nested two-level process
+(base trainings, fine-tunes within each) crossed with one shared draw of test images, with known components, so
+the truth is known. The interval over trainings and images covers it at about its level; the image-only interval
+(what one training run's report gives) does not; the prediction interval covers a fresh rerun of the same suite
+(same images) at its level. And the gate over repeats passes a rerun within the spread and fails a 2-point drop.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from benchmark import check, variance
+from benchmark.stats import percentile
+
+# The process: an image is classified correctly when mu + base + fine-tune + its difficulty + noise > 0 (probit),
+# so the population accuracy, over trainings and images, is Phi(mu / sqrt(1 + every variance)).
+MU, SD_BASE, SD_FINE, SD_IMAGE = 0.5, 0.15, 0.15, 1.0
+BASES, FINE_TUNES, IMAGES, REPLICATES = 3, 5, 300, 200
+TRUTH = norm.cdf(MU / np.sqrt(1 + SD_BASE ** 2 + SD_FINE ** 2 + SD_IMAGE ** 2))
+
+
+def suite(rng: np.random.Generator, difficulty: np.ndarray | None = None, sd_base: float = SD_BASE,
+          sd_fine: float = SD_FINE):
+    """One simulated suite: 3 base trainings x 5 fine-tunes attacked on one draw of images (or on `difficulty`,
+    the images of an earlier suite: a rerun). Returns the repeat paths, the observed and image-bootstrap
+    accuracies of every instance (the same images resampled for all), and the image difficulties."""
+    if difficulty is None:
+        difficulty = rng.normal(0, SD_IMAGE, IMAGES)
+    paths, correct = [], []
+    for b, base in enumerate(rng.normal(0, sd_base, BASES)):
+        for f in range(FINE_TUNES):
+            correct.append(MU + base + rng.normal(0, sd_fine) + difficulty + rng.normal(0, 1, IMAGES) > 0)
+            paths.append((b, f))
+    correct = np.array(correct)
+    picks = rng.integers(0, IMAGES, (REPLICATES, IMAGES))
+    replicates = np.concatenate([correct.mean(1)[None], correct[:, picks].mean(2).T])
+    return paths, replicates, difficulty
+
+
+@pytest.fixture(scope="module")
+def simulated():
+    rng = np.random.default_rng(20261203)
+    ours = image_only = predicted = 0
+    sims = 600
+    for _ in range(sims):
+        paths, replicates, difficulty = suite(rng)
+        estimate = variance.across_repeats(paths, replicates, aligned=True)
+        ours += estimate.lo <= TRUTH <= estimate.hi
+        lo, hi = percentile(variance.hierarchical_mean(replicates, paths)[:, None])
+        image_only += lo[0] <= TRUTH <= hi[0]
+        rerun_paths, rerun, _ = suite(rng, difficulty)  # trained again, attacked on the same images
+        predicted += estimate.pred_lo <= variance.hierarchical_mean(rerun[0], rerun_paths) <= estimate.pred_hi
+    return {"ours": ours / sims, "image only": image_only / sims, "prediction": predicted / sims}
+
+
+def test_the_interval_over_trainings_and_images_covers_the_truth_at_its_level(simulated):
+    # 600 suites: a coverage of 0.95 reads 0.95 +- 0.018 (two standard errors).
+    assert 0.93 <= simulated["ours"] <= 0.975, simulated
+
+
+def test_the_image_only_interval_of_one_training_run_does_not(simulated):
+    assert simulated["image only"] < 0.8, simulated
+
+
+def test_the_prediction_interval_covers_a_rerun_of_the_suite(simulated):
+    assert 0.93 <= simulated["prediction"] <= 0.975, simulated
+
+
+def test_the_variance_split_finds_the_components_it_was_given():
+    rng = np.random.default_rng(1)
+    found = {"base": [], "fine": []}
+    for sd_base, sd_fine in ((0.4, 0.0), (0.0, 0.4)):
+        estimates = [variance.across_repeats(*suite(rng, sd_base=sd_base, sd_fine=sd_fine)[:2], aligned=True)
+                     for _ in range(60)]
+        found["base"].append(np.median([e.components["base training"] for e in estimates]))
+        found["fine"].append(np.median([e.components["fine-tuning"] for e in estimates]))
+    # In accuracy: about 0.4 x the probit's slope (~0.25) where a component is there, small where it is not.
+    assert found["base"][0] > 0.06 > found["base"][1] and found["fine"][1] > 0.06 > found["fine"][0]
+
+
+def test_one_training_run_keeps_the_image_interval_and_says_so():
+    rng = np.random.default_rng(2)
+    replicates = rng.normal(0.5, 0.02, (201, 1))
+    one = variance.across_repeats([(0,)], replicates, aligned=False)
+    lo, hi = percentile(replicates)
+    assert (one.lo, one.hi) == (lo[0], hi[0]) and not one.includes_training
+    assert one.describe() == "one training run" and np.isnan(one.pred_lo)
+    five = variance.across_repeats([(0, f) for f in range(5)], rng.normal(0.5, 0.02, (201, 5)), aligned=True)
+    assert five.describe() == "1 base training x 5 fine-tunes (base training variance not included)"
+
+
+# --- the gate over repeats -------------------------------------------------------------------------------------
+
+def _results(adv: np.ndarray, tag: str) -> dict:
+    """A results.json of 3 base trainings x 5 fine-tunes (only the fine-tunes are attacked here), one seed of
+    1000 images; `adv` the adversarial accuracy of each fine-tune, `tag` makes the weights differ."""
+    models, cells = {}, []
+    for i, acc in enumerate(adv):
+        base, fine = divmod(i, FINE_TUNES)
+        name = f"aft@r{base}.{fine}"
+        models[name] = {"recipe": "aft", "repeat": f"r{base}.{fine}", "parent": f"base@r{base}",
+                        "key": f"{tag}{i}", "weights": f"{tag}{i}"}
+        cells.append({"model": name, "recipe": "aft", "repeat": f"r{base}.{fine}", "attack": "fgsm",
+                      "attack_family": "fgsm", "seed": 0, "size": 1000, "orig_acc": 0.8, "adv_acc": float(acc),
+                      "success_rate": 1 - float(acc) / 0.8, "ratio": float(acc) / 0.8})
+    return {"cells": cells, "models": models, "suite": {"models": {"aft": {"from": "base"}}, "attacks": {}}}
+
+
+def _trainings(rng: np.random.Generator, shift: float = 0.0) -> np.ndarray:
+    """Adversarial accuracies of 15 fine-tunes: base SD 0.4 points, fine-tune SD 0.4 points."""
+    base = np.repeat(rng.normal(0, 0.004, BASES), FINE_TUNES)
+    return 0.40 + shift + base + rng.normal(0, 0.004, BASES * FINE_TUNES)
+
+
+def test_the_gate_passes_retrained_reruns_within_the_spread_and_fails_a_two_point_drop():
+    rng = np.random.default_rng(3)
+    alarms, caught = 0, 0
+    for trial in range(200):
+        baseline = _results(_trainings(rng), "b")
+        rerun = check.compare(_results(_trainings(rng), "r"), baseline)
+        dropped = check.compare(_results(_trainings(rng, -0.02), "d"), baseline)
+        assert set(rerun["test"].str.split(" \\(").str[0]) == {"Student t on the training means, pooled variance"}
+        alarms += rerun["regression"].any()
+        caught += dropped.loc[dropped["metric"] == "adv_acc", "regression"].item()
+    # At alpha 0.01: false alarms about 1%, a 2-point drop against a spread of 0.4 points per level caught about 9
+    # times in 10 (benchmarks/variance_coverage.py measures both over 2,000 suites).
+    assert alarms / 200 <= 0.03 and caught / 200 >= 0.85, (alarms, caught)
