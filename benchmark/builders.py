@@ -161,3 +161,24 @@ def import_factory(spec: str, suite_dir: Path, where: str):
     if not callable(fn):
         raise UserError(f"{where}: factory {spec}: {module_name} has no callable {attr}")
     return fn, module
+
+
+def factory_files(spec: str, suite_dir: Path | None) -> list[str]:
+    """The files of a built factory's module and of the module that defines its callable, where the module came
+    from the Python path (imported by import_factory; in another process, imported here by name), none for a
+    suite folder's file (loaded by its path, and hashed as ours already): what benchmark.sources hands to
+    code_hashes.own_distribution."""
+    module_name, attr = spec.split(":")
+    rel = Path(*module_name.split("."))
+    if suite_dir is not None and any(p.is_file() for p in (suite_dir / rel.with_suffix(".py"),
+                                                         suite_dir / rel / "__init__.py")):
+        return []
+    try:
+        module = sys.modules.get(module_name) or importlib.import_module(module_name)
+    except (Exception, SystemExit):  # noqa: BLE001  (the driver imported it; a worker that cannot fails later)
+        return []
+    fn = module
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)
+    defining = sys.modules.get(getattr(fn, "__module__", None) or "")
+    return sorted({f for m in (module, defining) if isinstance(f := getattr(m, "__file__", None), str)})

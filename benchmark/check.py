@@ -301,10 +301,10 @@ def _welch_row(recipe: str, attack: str, metric: str, units: dict[str, np.ndarra
     n = f"{len(mine)} vs {len(theirs)}"
     row = {"model": recipe, "attack": attack, "size": "largest" if metric != "ratio" else "mean over sizes",
            "metric": metric, "baseline": b, "run": m, "delta": delta, "p": float("nan"), "n": n}
-    if np.isnan(m) or np.isnan(b):
-        both = np.isnan(m) and np.isnan(b)
+    if not (np.isfinite(m) and np.isfinite(b)):
+        both = not (np.isfinite(m) or np.isfinite(b))
         return {**row, "test": "undefined on both sides: no change" if both else
-                f"undefined in the {'run' if np.isnan(m) else 'baseline'} only (no originally correct image): "
+                f"undefined in the {'baseline' if np.isfinite(m) else 'run'} only (no originally correct image): "
                 "not tested", "regression": False}
     if tolerance is not None:
         return {**row, "test": f"|change of the mean over trainings| > {tolerance:g}",
@@ -365,6 +365,16 @@ def _ratio_rows(run: dict, baseline: dict, *, alpha: float, tolerance: float | N
         base_ratio = float(_paper_ratio(group))
         paired = how == "paired sign-flip"
         observed, p = diff if paired else (float(diff[0]), float("nan"))
+        run_ratio = _paper_ratio(cells(run).pipe(lambda f: f[(f["model"] == key[0]) & (f["attack"] == key[1])]))
+        if not (np.isfinite(base_ratio) and np.isfinite(run_ratio)):  # no originally correct image: no ratio
+            both = not (np.isfinite(base_ratio) or np.isfinite(run_ratio))
+            rows.append({"model": key[0], "attack": key[1], "size": "mean over sizes", "metric": "ratio",
+                         "baseline": base_ratio, "run": run_ratio, "delta": float("nan"), "p": float("nan"),
+                         "n": int(group.groupby("seed")["size"].max().sum()),
+                         "test": "undefined on both sides (no originally correct image): no change" if both else
+                         f"undefined in the {'baseline' if np.isfinite(run_ratio) else 'run'} only (no originally "
+                         "correct image): not tested", "regression": False})
+            continue
         if tolerance is not None:
             test, p = f"|change| > {tolerance:g}", float("nan")
             flagged = (abs(observed) if either_way else -observed) > tolerance + 1e-12
@@ -416,6 +426,8 @@ def main(run_dir: Path, baseline_path: Path, *, alpha: float = 0.01, tolerance: 
         print(f"note: {', '.join(retrained)} trained again (other weights than the baseline's), one training on each "
               "side: the per-image tests do not include the variance of training (repeats = N in the suite lets the "
               "gate compare at the level of repeats)")
+    for line in claims_against(run, baseline):
+        print(line)
     ours, theirs = run.get("device") or "", baseline.get("device") or ""
     if ours and theirs and not (ours.startswith(theirs) or theirs.startswith(ours)):  # older results: no threads
         # Another device, or on a CPU another thread count, rounds differently: differences need not be the code's.
@@ -425,6 +437,38 @@ def main(run_dir: Path, baseline_path: Path, *, alpha: float = 0.01, tolerance: 
         print(tabulate(shown, headers="keys", tablefmt="github", floatfmt=".4g", showindex=False))
         return 1
     return 0
+
+
+def claims_against(run: dict, baseline: dict) -> list[str]:
+    """The run's claims (results.json `claims`) against the baseline's 95% prediction intervals for a rerun of its
+    suite: how many fall inside (about 95% of them should, for a rerun trained independently), and the verdicts
+    that differ. Informational: the exit code is the tests' above."""
+    theirs = {(c["claim"], c["ours"]): c for c in baseline.get("claims") or [] if c.get("estimate") is not None}
+    mine = [(c, theirs.get((c["claim"], c["ours"]))) for c in run.get("claims") or [] if c.get("estimate") is not None]
+    mine = [(c, b) for c, b in mine if b is not None]
+    if not mine:
+        return []
+    evaluations = [(r.get("suite") or {}).get("evaluation") for r in (run, baseline)]
+    if evaluations[0] != evaluations[1]:
+        return ["claims: not compared with the baseline's, whose evaluation differs (other seeds, sizes or attack "
+                "batch: other images)"]
+    rows, inside, predicted = [], 0, 0
+    for c, b in mine:
+        lo, hi = b.get("prediction_interval") or [None, None]
+        if lo is not None:
+            predicted += 1
+            inside += lo <= c["estimate"] <= hi
+        if (lo is not None and not lo <= c["estimate"] <= hi) or c["verdict"] != b["verdict"]:
+            rows.append([c["claim"], c["ours"], f"{b['estimate']:.3f}",
+                         f"[{lo:.3f}, {hi:.3f}]" if lo is not None else "n/a (one training)", f"{c['estimate']:.3f}",
+                         b["verdict"], c["verdict"]])
+    lines = [f"claims: {inside} of {predicted} inside the baseline's 95% prediction interval for a rerun"
+             + f"; {sum(c['verdict'] == b['verdict'] for c, b in mine)} of {len(mine)} verdicts the same"]
+    if rows:
+        lines.append(tabulate(rows, headers=["claim", "measured in", "baseline", "95% PI (rerun)", "run",
+                                             "baseline verdict", "run verdict"], tablefmt="github",
+                              disable_numparse=True))
+    return lines
 
 
 def _load(path: Path) -> tuple[dict, Path | None]:

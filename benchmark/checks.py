@@ -33,6 +33,7 @@ GRADIENT_FREE = ("torchattacks.Square", "torchattacks.SPSA", "torchattacks.OnePi
 MULTISTEP_KEYS = {"steps": int, "random_start": bool}
 BLACK_BOX_KEYS = {"n_queries": int, "p_init": float}
 DEFAULT_PROBE_IMAGES = 100
+BUDGET_BOUNDS = {"steps": 1000, "n_queries": 100_000}  # PGD's steps, Square's queries: AutoAttack uses 100 and 5,000
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,10 @@ def _budget(table: dict, check: str, keys: dict[str, type], defaults: dict[str, 
         if not ok:
             what = {bool: "true or false", int: "a positive integer"}.get(kind, "a positive number")
             raise fail(f"checks.{check}.{key} must be {what}, got {v!r}")
+    for key, bound in BUDGET_BOUNDS.items():  # a budget that would make one node take hours
+        if key in out and not isinstance(out[key], bool) and out[key] > bound:
+            raise fail(f"checks.{check}.{key} = {out[key]!r}: at most {bound:,} (the cost grows with it; "
+                       "`validate --cost` says what a budget costs)")
     if out.get("p_init", 0) > 1:  # Square's initial share of the image changed per query
         raise fail(f"checks.{check}.p_init is a fraction of the image, at most 1; got {out['p_init']!r}")
     return out

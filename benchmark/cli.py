@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     run.add_argument("--data-dir", help="CIFAR-10/100 root, or an image folder / .tar.gz standing in for it "
                                         "(default: the suite's data.path, else $BENCH_DATA_DIR, else the cache)")
+    run.add_argument("--force", action="store_true", help="replace another suite's results in --out")
 
     validate = sub.add_parser("validate", help="check a suite and print its expanded plan; runs nothing")
     validate.add_argument("suite")
@@ -147,7 +148,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             raise UserError(f"executor {args.executor} failed to start: {one_line(exc)}") from None
         try:
             frames = run_suites(suites, outs, device=args.device, data_dir=args.data_dir, executor=executor,
-                                store=args.store)
+                                store=args.store, force=args.force)
         finally:
             executor.close()
         for suite, frame, out in zip(suites, frames, outs or [Path("runs") / s.name for s in suites]):

@@ -22,6 +22,7 @@ _LIBRARY_ROOTS = tuple(sorted({os.path.realpath(p) + os.sep for key in ("stdlib"
                                  if p.endswith(("site-packages", "dist-packages"))},
                               key=len, reverse=True))
 _STDLIB = tuple(os.path.realpath(sysconfig.get_paths()[k]) + os.sep for k in ("stdlib", "platstdlib"))
+_OWN: dict[str, tuple] = {}  # installed files hashed as ours (own_distribution): real path -> (name, version)
 
 @lru_cache(maxsize=None)
 def kind(path: str) -> str:
@@ -30,6 +31,8 @@ def kind(path: str) -> str:
     if not os.path.isfile(path):
         return "skip"
     real = os.path.realpath(path)
+    if real in _OWN:
+        return "ours"
     if real.startswith(_STDLIB) and "site-packages" not in real and "dist-packages" not in real:
         return "skip"
     return "library" if real.startswith(_LIBRARY_ROOTS) else "ours"
@@ -44,6 +47,44 @@ def distribution(path: str) -> tuple[str, str] | None:
     top = real[len(root):].split(os.sep)[0].removesuffix(".py")
     names = _top_level_distributions().get(top)
     return (names[0], version(names[0])) if names else None
+
+
+def own_distribution(path: str) -> tuple[str, str | None] | None:
+    """Count the installed distribution that holds `path` (a model factory's module) as ours from now on in this
+    process: its Python files are hashed like this project's, wherever it is installed, so the user's package
+    installed without -e, edited and reinstalled at the same version, no longer matches what its old files
+    computed (a version names a release's content only for a release). Every other library stays keyed by its
+    name and version. Which files: those the distribution's RECORD lists, or, for a file no distribution lists
+    (copied into site-packages), every file of its top-level package. (name, version), the version None for an
+    unlisted file; None where `path` is no library's file (ours already, or the standard library's)."""
+    real = os.path.realpath(path)
+    if real in _OWN:
+        return _OWN[real]
+    if kind(path) != "library":
+        return None
+    root = next(r for r in _LIBRARY_ROOTS if real.startswith(r))
+    top = real[len(root):].split(os.sep)[0].removesuffix(".py")
+    found = _listing(real, top)
+    if found is None:
+        base = Path(root, top)
+        files = {real} if not base.is_dir() else {os.path.realpath(p) for p in base.rglob("*.py")}
+        found = top, None, files
+    _OWN.update(dict.fromkeys(found[2], (found[0], found[1])))
+    kind.cache_clear()
+    return found[0], found[1]
+
+
+def _listing(real: str, top: str) -> tuple[str, str, set[str]] | None:
+    """(name, version, real paths of its Python files) of the installed distribution whose RECORD lists `real`
+    (several installs of one name may lie on the path: the one this file belongs to)."""
+    from importlib.metadata import distributions
+
+    for name in _top_level_distributions().get(top, []):
+        for dist in distributions(name=name):
+            files = {os.path.realpath(f.locate()) for f in dist.files or () if str(f).endswith(".py")}
+            if real in files:
+                return dist.metadata["Name"], dist.version, files
+    return None
 
 
 @lru_cache(maxsize=None)

@@ -159,7 +159,7 @@ def image_folder(path: str | os.PathLike, classes_required: list[str] | None = N
     checksum = _checksum(path)
     from PIL import __version__ as pillow  # decoders differ between versions: part of the cache key
 
-    cached = cache_dir() / "decoded" / f"{checksum.replace(':', '-')}-pillow{pillow}-v2.npz"
+    cached = cache_dir() / "decoded" / f"{checksum.replace(':', '-')}-pillow{pillow}-v3.npz"
     if cached.exists():
         arrays = dict(np.load(cached, allow_pickle=False))
     else:
@@ -176,9 +176,10 @@ def image_folder(path: str | os.PathLike, classes_required: list[str] | None = N
     classes = [str(c) for c in arrays["classes"]]
     _require(path, classes, classes_required)
     converted = {m: int(n) for m, n in (str(c).split(":") for c in arrays.get("converted", []))}
+    hidden = int(arrays["hidden"]) if "hidden" in arrays else 0
     notes = (["lossy JPEG copy, not the original pixels"] if lossy else []) + (
         [f"converted to RGB: {', '.join(f'{n} {mode}' for mode, n in converted.items())} image(s)"]
-        if converted else [])
+        if converted else []) + ([f"{hidden} hidden file(s) skipped (names starting with a dot)"] if hidden else [])
     return Dataset(torch.from_numpy(arrays["train_x"]), torch.from_numpy(arrays["train_y"]).long(),
                    torch.from_numpy(arrays["test_x"]), torch.from_numpy(arrays["test_y"]).long(), classes,
                    {"source": "folder", "path": path.name, "checksum": checksum, "lossy": lossy,
@@ -202,9 +203,13 @@ def _decode(path: Path, required: list[str] | None = None) -> dict[str, np.ndarr
     from PIL import Image
 
     entries: dict[str, dict[str, list[tuple[str, bytes]]]] = {"train": {}, "test": {}}
+    hidden = 0
     for name, read in _members(path):
         parts = Path(name).parts
         if len(parts) < 3 or not name.lower().endswith(IMAGE_SUFFIXES):
+            continue
+        if any(part.startswith(".") and part not in (".", "..") for part in parts):
+            hidden += 1  # macOS resource forks (._x.png), editors' and tools' files: not images of the set
             continue
         split, cls = parts[-3], parts[-2]
         if split in entries:
@@ -248,6 +253,7 @@ def _decode(path: Path, required: list[str] | None = None) -> dict[str, np.ndarr
         out[f"{split}_x"] = np.stack(images)
         out[f"{split}_y"] = np.array(labels, dtype=np.int64)
     out["suffixes"] = np.array(sorted(suffixes))
+    out["hidden"] = np.array(hidden)
     out["converted"] = np.array([f"{mode}:{n}" for mode, n in sorted(converted.items())], dtype=str)
     return out
 

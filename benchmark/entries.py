@@ -163,6 +163,13 @@ def parse_attacks(table: dict, fail) -> dict[str, AttackSpec]:
             for key, value in concrete.items():
                 if key.startswith("eps") and isinstance(value, (int, float)) and value < 0:
                     raise fail(f"attacks.{name}.{key} must be >= 0, got {value}")
+            linf_eps = concrete.get("eps")
+            if (is_number(linf_eps) and linf_eps > 1 and minimal is None
+                    and entry["adapter"].rpartition(".")[2] in _linf_attacks()):
+                # Images and the clamped normalized tensor both lie in [0,1]: an Linf eps above 1 changes nothing
+                # more (an L2 or L1 eps has no such bound without the image size).
+                raise fail(f"attacks.{name}.eps = {linf_eps!r}: an Linf eps above 1 exceeds the input range of its "
+                           f"space ([0,1] images, or the [0,1]-clamped normalized tensor); give at most 1")
             try:
                 attack = get_attack(entry["adapter"], **concrete)
             except (ValueError, TypeError) as exc:
@@ -193,23 +200,34 @@ def parse_attacks(table: dict, fail) -> dict[str, AttackSpec]:
     return out
 
 
+def _linf_attacks() -> list[str]:
+    from adapters.catalog import NORMS
+
+    return NORMS["Linf"]
+
+
 def parse_minimal_eps(entry: dict, params: dict, name: str, fail) -> dict[str, Any] | None:
-    """`minimal_eps = { max = 0.05, steps = 8 }`: bisect eps in [0, max] (the attack's own eps space) per image."""
+    """`minimal_eps = { max = 0.05, grid = 8, steps = 8 }`: per image, the smallest eps in [0, max] (the attack's
+    own eps space) that fools the model: every point of `grid` equal intervals of [0, max] tried first, then `steps`
+    bisections below the first that succeeds (benchmark.minimal; grid 1 is bisection over [0, max] alone)."""
     value = entry.get("minimal_eps")
     if value is None:
         return None
     where = f"attacks.{name}.minimal_eps"
     if not isinstance(value, dict):
         raise fail(f"{where} must be a table, e.g. minimal_eps = {{ max = 0.05, steps = 8 }}")
-    check_unknown(value, {"max", "steps"}, f"{where}.", fail)
-    top, steps = value.get("max"), value.get("steps", 8)
+    check_unknown(value, {"max", "steps", "grid"}, f"{where}.", fail)
+    top, steps, grid = value.get("max"), value.get("steps", 8), value.get("grid", 8)
     if top is None:
         raise fail(f"{where} needs max (the largest eps searched), e.g. minimal_eps = {{ max = 0.05, steps = 8 }}")
     if not isinstance(top, (int, float)) or isinstance(top, bool) or not top > 0:
         raise fail(f"{where}.max must be a positive number (the largest eps searched), got {top!r}")
     if not is_int(steps) or not 1 <= steps <= 24:
-        raise fail(f"{where}.steps must be an integer from 1 to 24 (bisection steps: precision max / 2**steps), "
-                   f"got {steps!r}")
+        raise fail(f"{where}.steps must be an integer from 1 to 24 (bisection steps inside one grid interval: "
+                   f"precision max / (grid * 2**steps)), got {steps!r}")
+    if not is_int(grid) or not 1 <= grid <= 256:
+        raise fail(f"{where}.grid must be an integer from 1 to 256 (equal intervals of [0, max] tried on every "
+                   f"image before bisecting), got {grid!r}")
     if "eps" in params:
         raise fail(f"attacks.{name}: minimal_eps searches eps itself; leave eps out")
     from adapters.catalog import NORMS
@@ -222,7 +240,7 @@ def parse_minimal_eps(entry: dict, params: dict, name: str, fail) -> dict[str, A
         raise fail(f"attacks.{name}: minimal_eps and source together are not supported")
     if member in NORMS["Linf"] and params.get("space", "pixel") == "pixel" and top > 1:
         raise fail(f"{where}.max = {top!r}: an Linf eps in pixel space above 1 changes nothing more; give at most 1")
-    return {"max": float(top), "steps": steps}
+    return {"max": float(top), "steps": steps, "grid": grid}
 
 
 def parse_models(table: dict, attack_table: dict, fail, suite_dir: Path) -> dict[str, ModelSpec]:

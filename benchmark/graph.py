@@ -5,7 +5,8 @@ function of its suite's context and its dependencies' values, run by an executor
 
 A node's id is its plan identity: what determines it, with its dependencies' ids standing for their values, so
 equal nodes of two suites in one command are one node and run once. Its `work` names the suite context
-(`Work`) that computes it. Executors return an `Outcome`: every value, seconds per node, and the failures.
+(`Work`) that computes it. Executors return an `Outcome`: every value, seconds per node, the failures, and where
+each node was computed (a remote executor's worker).
 """
 from __future__ import annotations
 
@@ -39,6 +40,15 @@ class Outcome:
     values: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)  # node id -> one line, for nodes that raised
+    # node id -> where it was computed, as the executor names it ({"node": its name, "ray_node": ..., "host": ...,
+    # "gpus": [...]} on Ray); empty where everything ran in this process
+    placement: dict[str, dict] = field(default_factory=dict)
+
+    def placed(self, node_ids) -> dict[str, dict]:
+        """Where each of these nodes was computed, by node name (run.json's `placement`)."""
+        return {where["node"]: {k: v for k, v in where.items() if k != "node"}
+                for where in sorted((self.placement[n] for n in node_ids if n in self.placement),
+                                    key=lambda where: where["node"])}
 
     def failures(self, nodes: list[Node]) -> tuple[list[Node], list[Node]]:
         """(nodes that failed themselves, nodes not run or failed because something they depend on failed)."""

@@ -51,7 +51,7 @@ from benchmark.suite import Suite, check_sizes, load, with_provided
 
 def run_suite(suite: Suite | str | Path, out: str | Path | None = None, *, device: str = "auto",
               data_dir: str | Path | None = None, executor: Executor | None = None, store: str | Path | None = None,
-              write_report: bool = True, models: dict[str, torch.nn.Module] | None = None):
+              write_report: bool = True, models: dict[str, torch.nn.Module] | None = None, force: bool = False):
     """Run every cell of a suite; return a pandas DataFrame with one row per (model, attack, seed, size).
 
     models: modules built in Python ({"mine": net}, [0,1] images in, logits out): a name the suite declares
@@ -59,18 +59,19 @@ def run_suite(suite: Suite | str | Path, out: str | Path | None = None, *, devic
     executor: LocalExecutor() (default) or benchmark.ray_executor.RayExecutor(...); store: the artefact folder
     (default OUT/artefacts, or runs/artefacts without `out`)."""
     return run_suites([suite], [out] if out is not None else None, device=device, data_dir=data_dir,
-                      executor=executor, store=store, write_report=write_report, models=models)[0]
+                      executor=executor, store=store, write_report=write_report, models=models, force=force)[0]
 
 
 def run_suites(suites: list[Suite | str | Path], outs: list[str | Path] | None = None, *, device: str = "auto",
                data_dir: str | Path | None = None, executor: Executor | None = None,
                store: str | Path | None = None, write_report: bool = True,
-               models: dict[str, torch.nn.Module] | None = None):
+               models: dict[str, torch.nn.Module] | None = None, force: bool = False):
     """Several suites as one graph over one store: a node two suites share (same data, recipe, attack...) runs
     once. One results folder per suite (default runs/<name>). The store defaults to runs/artefacts, to
     OUT/artefacts for one suite given its folder, and to artefacts/ in the folder that holds several suites'.
     Returns one DataFrame per suite. A failing node raises graph.RunFailed after every node that does not depend
-    on it has finished; the suites it does not touch are written."""
+    on it has finished; the suites it does not touch are written. A results folder that holds another suite's
+    results is refused unless `force`."""
     env.check_device_name(device)
     suites = [with_provided(s if isinstance(s, Suite) else load(s), models or {}) for s in suites]
     if outs:
@@ -86,6 +87,9 @@ def run_suites(suites: list[Suite | str | Path], outs: list[str | Path] | None =
     store_root = Path(store) if store else holder / "artefacts"
     for folder in (*outs, store_root):
         preflight.check_writable(folder)
+    if not force:
+        for suite, out in zip(suites, outs):
+            preflight.check_same_suite(out, suite.name, str(suite.path))
     executor = executor or LocalExecutor()
     torch_device = executor.device(device)  # before the data: `--device cuda` without a GPU costs no download
     started = time.perf_counter()
@@ -93,8 +97,9 @@ def run_suites(suites: list[Suite | str | Path], outs: list[str | Path] | None =
     prepared = []  # everything that can refuse bad input, before anything is written
     for suite in suites:
         data = prepare_data(suite, data_dir, loaded_data)
-        prepared.append((data, preflight.load_all(suite, len(data.classes), data.test_x[:1].float() / 255,
-                                                models or {})))
+        loaded = preflight.load_all(suite, len(data.classes), data.test_x[:1].float() / 255, models or {})
+        preflight.check_attacks(suite, len(data.classes), loaded)
+        prepared.append((data, loaded))
     claims = [preflight.Claim(out) for out in outs]  # held until this call returns: another run on one refuses
     versions, code = env.versions(), fingerprint.packages()
     works = [Work(suite, data, torch_device, store_root.resolve(), versions, loaded, code)  # workers' cwd differs
@@ -112,11 +117,16 @@ def run_suites(suites: list[Suite | str | Path], outs: list[str | Path] | None =
     lost = {n.id for n in failed + skipped}
     described = executor.describe()
     frames, written = [], []
+    by_id = {n.id: n for n in nodes}
     for work, plan, out in zip(works, plans, outs):
-        if lost.isdisjoint(plan.node_ids):
-            frames.append(write_run(work, plan, outcome, out, described,
-                                    {"data": data_seconds, "graph": graph_seconds}, started, write_report, costs))
-            written.append(str(out))
+        if not any(node in outcome.values for _, node in plan.evaluations):
+            continue  # nothing of this suite finished: nothing to write
+        failures = [{"node": by_id[n].name, "error": outcome.errors.get(n, "not run: a node it depends on failed")}
+                    for n in sorted(lost & plan.node_ids, key=lambda n: by_id[n].name)]
+        frames.append(write_run(work, plan, outcome, out, described, {"data": data_seconds, "graph": graph_seconds},
+                                started, write_report, costs, failures))
+        written.append(str(out) + (f" (without the {len(failures)} node(s) that failed or did not run)"
+                                   if failures else ""))
     for claim in claims:
         claim.release()
     if failed:
@@ -160,15 +170,18 @@ def estimate_cost(suites: list[Suite | str | Path], *, device: str = "auto", dat
 
 
 def write_run(work: Work, plan: Plan, outcome: Outcome, out: Path, executor: dict, phases: dict[str, float],
-              started: float, write_report: bool, costs: dict | None = None):
-    """A suite's results.json, examples.csv, run.json and report, from the graph's values."""
+              started: float, write_report: bool, costs: dict | None = None, failures: list[dict] | None = None):
+    """A suite's results.json, examples.csv, run.json and report, from the graph's values: those that finished,
+    where nodes failed (`failures`: which, and why; results.json and the report list them)."""
     import pandas as pd
 
     suite, data = work.suite, work.data
     model_info = {name: {**{k: v for k, v in outcome.values[node].items() if k != "computed"}, "name": name,
-                         **coordinates(suite.models[name])} for name, node in plan.models.items()}
-    jobs = [job for job, _ in plan.evaluations]
-    outcomes = [outcome.values[node] for _, node in plan.evaluations]
+                         **coordinates(suite.models[name])} for name, node in plan.models.items()
+                  if node in outcome.values}
+    finished = [(job, node) for job, node in plan.evaluations if node in outcome.values]
+    jobs = [job for job, _ in finished]
+    outcomes = [outcome.values[node] for _, node in finished]
     rows = summarize(suite, model_info, len(data.classes), jobs, outcomes)
     results = {"suite": suite.raw, "suite_files": suite.chain, "suite_name": suite.name, "suite_hash": suite.hash,
                "profile": suite.profile, "plan": suite.plan(), "data": data.identity, "device": executor["device"], "executor": executor,
@@ -177,7 +190,8 @@ def write_run(work: Work, plan: Plan, outcome: Outcome, out: Path, executor: dic
                "checks": {"config": suite.checks.describe(),
                           "compared": {name: {"check": check, "checks": of} for name, check, of in suite.checks.uses},
                           "probes": {model: {k: v for k, v in outcome.values[node].items() if k != "computed"}
-                                     for model, node in plan.probes.items()}}}
+                                     for model, node in plan.probes.items() if node in outcome.values}},
+               "failed": failures or []}
     table = examples.write(out / examples.FILE, jobs, outcomes,  # first: a results.json always has its examples
                            {name: (info["recipe"], info["repeat"]) for name, info in model_info.items()})
     # The paper's claims over the repeats, machine-readable: what the report's verdicts, check and the README read.
@@ -191,10 +205,11 @@ def write_run(work: Work, plan: Plan, outcome: Outcome, out: Path, executor: dic
     timings["total"] = round(time.perf_counter() - started, 3)
     # Nodes computed by this command, and those served from the store (by an earlier run, or by another run
     # over the same store that this one waited for).
-    computed = sum(bool(outcome.values[node].get("computed")) for node in plan.node_ids)
+    computed = sum(bool(outcome.values[node].get("computed")) for node in plan.node_ids if node in outcome.values)
     atomic_json(out / "run.json", {"timings_s": timings, "device": results["device"], "executor": executor,
                                    "suite_hash": suite.hash, "cost": costs or {},
-                                   "nodes": {"computed": computed, "reused": len(plan.node_ids) - computed}})
+                                   "nodes": {"computed": computed, "failed": len(failures or []),
+                                             "reused": len(plan.node_ids) - computed - len(failures or [])}})
     if write_report:
         report.write(out)
     return pd.DataFrame(rows)

@@ -45,6 +45,13 @@ class Loaded:
     source: dict[str, Any]  # for results.json and the report
     identity: dict[str, Any]  # for the cache key
 
+    def __setstate__(self, state: dict) -> None:
+        """Unpickled in another process (a Ray worker): a factory's installed package is hashed as ours there
+        too (installed_factory), so what the worker computes through it is checked by its files, as here."""
+        self.__dict__.update(state)
+        if self.source.get("installed"):
+            installed_factory(self.source["factory"], None)
+
 
 def is_loaded(table: dict) -> bool:
     return any(k in table for k in ("checkpoint", "robustbench", "provided"))
@@ -131,6 +138,9 @@ def load(entry: dict[str, Any], num_classes: int | None, sample: torch.Tensor | 
               entry["builder"]: entry[entry["builder"]]}
     if entry["source"] == "robustbench":
         source.update({k: entry[k] for k in ("robustbench", "model_dir", "dataset", "threat_model")})
+    if builder is not None and entry["builder"] == "factory" and \
+            (installed := installed_factory(entry["factory"], Path(entry["suite_dir"]))):
+        source["installed"] = installed  # the distributions it came from, keyed by their files (not their version)
     if builder is None:
         return Loaded(None, source, {})
     fit(builder, state, file, f"{entry['builder']} {entry[entry['builder']]!r}", where)
@@ -197,7 +207,22 @@ def build(entry: dict[str, Any], num_classes: int, where: str) -> tuple[nn.Modul
     builder = MODEL_BUILDERS.get(entry["builder"])  # looked up first: the registry's code is not the model's
     with fingerprint.record() as ran:
         module = builder.build(entry, num_classes, where)
+    if entry["builder"] == "factory":  # before the manifest classifies the files that ran
+        installed_factory(entry["factory"], Path(entry["suite_dir"]))
     return module, fingerprint.digest(ran.manifest())
+
+
+def installed_factory(spec: str, suite_dir: Path | None) -> dict[str, str | None]:
+    """A factory imported from an installed package (site-packages, without -e): that distribution's files are
+    hashed as ours in this process from now on (code_hashes.own_distribution), so the model's key and every
+    stored result that ran its code follow its content, not its version: an edit reinstalled at the same version
+    re-runs what it changes. Other libraries stay keyed by version. {distribution: version} (empty for a suite
+    folder's factory or one outside site-packages, whose files are ours already)."""
+    from benchmark import code_hashes
+    from benchmark.builders import factory_files
+
+    found = (code_hashes.own_distribution(f) for f in factory_files(spec, suite_dir))
+    return dict(sorted(f for f in found if f is not None))
 
 
 def read_state(path: Path) -> dict[str, torch.Tensor]:

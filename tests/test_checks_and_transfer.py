@@ -279,3 +279,30 @@ def test_a_transfer_source_must_be_a_model_and_cannot_fine_tune(tmp_path):
     (tmp_path / "b.toml").write_text(text.replace('attack = "fgsm-one"', 'attack = "fgsm-from-plain"'))
     with pytest.raises(UserError, match="is a transfer attack"):
         load(tmp_path / "b.toml")
+
+
+def test_a_transfer_from_the_parent_and_the_parents_own_evaluation_craft_once(tiny_suite, tmp_path):
+    """checks.from_parent crafts FGSM on base for each seed; base's own FGSM evaluation is the same attack on the
+    same images: the graph crafts them once and evaluates base on them, with the cells of a plain evaluation."""
+    import torch
+
+    from benchmark import data as datasets
+    from benchmark.context import Work
+    from benchmark.plan import plan_graph
+    from benchmark.suite import load
+
+    plain = tiny_suite(extra="\n[checks]\nprobe_images = 0\n")
+    checked = tiny_suite(profile="custom", extra='\n[checks]\nprobe_images = 0\nfrom_parent = ["fgsm"]\n')
+    data = datasets.synthetic(1000, 300)
+    data.identity["pixels"] = "x"
+    nodes, _ = plan_graph([Work(load(checked), data, torch.device("cpu"), tmp_path, {}, {}, "code")])
+    crafting = [n for n in nodes if n.fn.func.__name__ in ("evaluation_node", "crafted_node")
+                and n.fn.keywords["job"].attack.adapter == "torchattacks.FGSM"
+                and (n.fn.keywords["job"].source or n.fn.keywords["job"].model) == "base"]
+    assert sorted(n.fn.func.__name__ for n in crafting) == ["crafted_node", "crafted_node"]  # one per seed
+    store = tmp_path / "store"
+    a = run_suite(plain, tmp_path / "plain", device="cpu", store=store, write_report=False)
+    b = run_suite(checked, tmp_path / "checked", device="cpu", store=store, write_report=False)
+    key = ["model", "attack", "seed", "size"]
+    mine = b[b["attack"].isin(["fgsm", "jsma"])].set_index(key)[["orig_acc", "adv_acc"]].sort_index()
+    assert mine.equals(a.set_index(key)[["orig_acc", "adv_acc"]].sort_index())

@@ -58,7 +58,7 @@ LAYERS = ([f"adapters.{m}" for m in "rng base registry families jsma_origin via_
               "errors store env data models train evaluate builders code_hashes fingerprint sources extends repeats entries "
               "checks suite preflight graph ray_executor executor context nodes transfer minimal plan cost examples stats variance claims "
               "flags report.frames "
-              "report report.figures report.provenance report.training report.paper report.verdicts "
+              "report report.figures report.summary report.provenance report.training report.paper report.verdicts "
               "report.agreement report.robustness report.matrix report.curves report.per_image report.comparison report.environment runner check perf cli "
               "__main__").split()])
 

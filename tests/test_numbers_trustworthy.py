@@ -5,6 +5,7 @@ import json
 import os
 import pickle
 import random
+import re
 import subprocess
 import sys
 import tarfile
@@ -19,6 +20,8 @@ from adapters import get_attack
 from adapters.base import Attack
 from benchmark import code_hashes, data, evaluate, fingerprint, runner
 from benchmark import nodes as node_fns
+from benchmark import check
+from benchmark import examples as examples_csv
 from benchmark.check import main as check_main
 from benchmark.errors import UserError
 from conftest import REPO
@@ -480,6 +483,58 @@ def test_paired_gate_catches_drops_the_unpaired_fallback_misses(gated, tmp_path,
     bare.write_text((gated / "results.json").read_text())  # no examples.csv: Fisher and unpaired bootstraps
     unpaired, out = _gate(capsys, run, bare)
     assert paired == 1 and unpaired == 0 and "Fisher exact (unpaired)" in out
+
+
+def test_gate_refuses_a_baseline_of_other_attack_parameters_data_or_recipes(gated, tmp_path):
+    """Like for like: an eps of 0.25 against one of 0.05 is another benchmark, not a regression (exit 2)."""
+    def edited(path: str, value):
+        def edit(results, examples):
+            results = json.loads(json.dumps(results))
+            table, name, key = path.split(".")
+            if table == "data":
+                results["data"][key] = value
+            else:
+                results["suite"][table][name][key] = value
+            return results, examples
+        return edit
+
+    for path, value, message in (("attacks.fgsm.eps", 0.25, "attack fgsm differs between run and baseline (eps 0.25 "
+                                                           "in the run, 0.02 in the baseline)"),
+                                 ("models.base.epochs", 9, "model base differs between run and baseline (epochs 9"),
+                                 ("data.x.pixels", "other", "run and baseline were evaluated on other data")):
+        other = _copy(gated, tmp_path / path.replace(".", "-"), edited(path, value))
+        with pytest.raises(UserError, match=re.escape(message)):
+            check_main(other, gated)
+
+
+def _all_wrong(model: str, attack: str):
+    """Every image of one (model, attack) misclassified, originally and after the attack: its ratio undefined."""
+    def edit(results, examples):
+        from benchmark import examples as examples_csv
+
+        cell = examples["model"].eq(model) & examples["attack"].eq(attack)
+        wrong = (examples["label"] + 1) % 10
+        examples = examples.assign(pred_orig=examples["pred_orig"].where(~cell, wrong),
+                                   pred_adv=examples["pred_adv"].where(~cell, wrong),
+                                   correct_orig=examples["correct_orig"] & ~cell,
+                                   correct_adv=examples["correct_adv"] & ~cell)
+        return {**results, "cells": examples_csv.recompute(results["cells"], examples)}, examples
+    return edit
+
+
+def test_an_undefined_ratio_on_both_sides_is_no_change_and_on_one_side_is_said(gated, tmp_path, capsys):
+    wrong = _copy(gated, tmp_path / "wrong", _all_wrong("aft-fgsm", "jsma"))
+    again = _copy(wrong, tmp_path / "again")
+    code, out = _gate(capsys, again, wrong, ("either_way", True))
+    assert code == 0, out
+    table = check.compare(*(json.loads((f / "results.json").read_text()) for f in (again, wrong)), either_way=True,
+                          run_examples=examples_csv.load(again), baseline_examples=examples_csv.load(wrong))
+    row = table[(table["model"] == "aft-fgsm") & (table["attack"] == "jsma") & (table["metric"] == "ratio")]
+    assert row["test"].item() == "undefined on both sides (no originally correct image): no change"
+    table = check.compare(json.loads((gated / "results.json").read_text()),
+                          json.loads((wrong / "results.json").read_text()), either_way=True)
+    row = table[(table["model"] == "aft-fgsm") & (table["attack"] == "jsma") & (table["metric"] == "ratio")]
+    assert row["test"].item().startswith("undefined in the baseline only") and not row["regression"].item()
 
 
 # --- what a manifest must not miss ---------------------------------------------------------------------------------

@@ -105,3 +105,29 @@ def test_tensors_hash_covers_batchnorm_counters():
     assert tensors_hash(state) != tensors_hash(changed)
 
 
+
+
+def test_a_failing_node_leaves_the_finished_cells_written_and_the_failure_listed(tiny_suite, tmp_path, monkeypatch,
+                                                                                  capsys):
+    from benchmark import evaluate
+    from benchmark.cli import main
+
+    path, out = tiny_suite(), tmp_path / "run"
+    original = evaluate.run_evaluation
+
+    def run_evaluation(model, attack, *args, **kwargs):
+        if attack.name == "jsma-origin":
+            raise RuntimeError("simulated out of memory")
+        return original(model, attack, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "run_evaluation", run_evaluation)
+    assert main(["run", str(path), "--out", str(out), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "results written for" in err and "without the 4 node(s) that failed or did not run" in err
+    results = json.loads((out / "results.json").read_text())
+    assert {c["attack"] for c in results["cells"]} == {"fgsm"}  # whole cells only: every fgsm one
+    assert len(results["cells"]) == 2 * 2 * 2 and len(results["failed"]) == 4
+    assert results["failed"][0]["error"] == "RuntimeError: simulated out of memory"
+    report = (out / "report.md").read_text()
+    assert report.index("## Failed: 4 node(s)") < report.index("## Models")
+    assert "| jsma on aft-fgsm (seed 0) | RuntimeError: simulated out of memory |" in report

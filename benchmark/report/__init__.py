@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from adapters.registry import Registry
 from benchmark import examples as examples_csv
@@ -37,8 +38,8 @@ class Section:
 
 SECTIONS = Registry("report section", group="adv_transfer_bench.report_sections", item_type=Section,
                     builtin=tuple(f"benchmark.report.{m}" for m in (
-                        "provenance", "training", "paper", "verdicts", "agreement", "robustness", "matrix", "curves", "per_image",
-                        "comparison", "figures", "environment")))
+                        "summary", "provenance", "training", "paper", "verdicts", "agreement", "robustness", "matrix",
+                        "curves", "per_image", "comparison", "figures", "environment")))
 
 
 def section(name: str, *, order: float):
@@ -72,6 +73,33 @@ class Report:
     def reps(self) -> dict:
         return stats.replicates_of(self.results)
 
+    @cached_property
+    def flags(self) -> pd.DataFrame:
+        """Every check's row per model (benchmark.flags.flags), computed once for every section."""
+        from benchmark.flags import flags
+
+        return flags(self.results, self.examples)
+
+    @cached_property
+    def raised(self) -> dict[str, list[str]]:
+        """The checks that raised a flag on each model (benchmark.flags): the caveat beside its numbers."""
+        table = self.flags
+        if table.empty:
+            return {}
+        out: dict[str, list[str]] = {}
+        for row in table[table["flag"] == True].itertuples():  # noqa: E712  (True, False or None)
+            out.setdefault(row.model, []).append(row.check)
+        return out
+
+    def caveat(self, models: list[str]) -> str:
+        """' (flagged: multistep)' for a model, or ' (flagged in 2 of 5 repeats: ...)' for a recipe's repeats."""
+        hit = [m for m in models if m in self.raised]
+        if not hit:
+            return ""
+        checks = ", ".join(dict.fromkeys(c for m in hit for c in self.raised[m]))
+        where = "" if len(models) == 1 else f" in {len(hit)} of {len(models)} repeats"
+        return f" (flagged{where}: {checks}; see 'Is the robustness real?')"
+
     @property
     def with_paper(self) -> bool:
         return bool((self.results.get("reference") or {}).get("tables"))
@@ -85,7 +113,11 @@ def render(results: dict, run_dir: Path, *, against: dict | None = None, against
     data = results.get("data", {})
     parts = [f"# {results.get('suite_name')}: adversarial fine-tuning transfer report", "",
              f"Data: **{data.get('description')}**. Profile: **{results.get('profile')}**.", ""]
-    for name, part in sorted(SECTIONS.items(), key=lambda item: item[1].order):
+    ordered = sorted(SECTIONS.items(), key=lambda item: item[1].order)
+    bar = tqdm(ordered, desc="report", unit="section", leave=False, file=sys.stderr,
+               disable=len(report.frame) < 2000)  # a report of thousands of cells takes minutes: say where it is
+    for name, part in bar:
+        bar.set_postfix_str(name, refresh=False)
         try:
             parts += part.render(report)
         except Exception as exc:  # noqa: BLE001  (a section's own code: the rest of the report still renders)

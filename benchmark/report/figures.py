@@ -1,11 +1,13 @@
 """Section: figures: confusion matrices per model and attack, and robustness curves of swept attacks."""
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from benchmark.report import Report, section
 from benchmark.report.frames import slug
@@ -48,7 +50,9 @@ def figures(results: dict, frame: pd.DataFrame, means: pd.DataFrame, run_dir: Pa
     size = frame["size"].max()
     links = ["## Confusion matrices\n", f"Summed over seeds, {size} images per seed; rows true class, columns "
              "predicted.\n"]
-    for (model, attack), group in frame[frame["size"] == size].groupby(["model", "attack"], sort=False):
+    groups = frame[frame["size"] == size].groupby(["model", "attack"], sort=False)
+    for (model, attack), group in tqdm(groups, desc="report: confusion matrices", unit="figure", leave=False,
+                                       file=sys.stderr, disable=groups.ngroups < 20):
         fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
         for ax, key, title in zip(axes, ("confusion_orig", "confusion_adv"), ("original", "adversarial")):
             matrix = np.sum([np.asarray(m) for m in group[key]], axis=0)

@@ -30,31 +30,65 @@ def matrix_section(report: Report) -> list[str]:
     models = list(dict.fromkeys(own["model"]))
     if not parents or len(attacks) < 2:
         return []
+    # One row per recipe (benchmark.repeats): a repeated recipe's cells are over its repeats.
+    recipes: dict[str, list[str]] = {}
+    for m in models:
+        recipes.setdefault(recipe_of(m), []).append(m)
+    repeated = any(len(v) > 1 for v in recipes.values())
     ratio = paper_ratio(report.means).set_index(["model", "attack"])["ratio"]
-    trained_on = {m: (f"{suite_models[recipe_of(m)]['attack']} ({m})" if m in parents else f"none ({m})")
-                  for m in models}
-    ratios = pd.DataFrame([[ratio.get((m, a), np.nan) for a in attacks] for m in models],
-                          index=[trained_on[m] for m in models], columns=attacks)
+
+    def label(recipe: str) -> str:
+        names = recipes[recipe]
+        trained = f"{suite_models[recipe]['attack']} ({recipe})" if names[0] in parents else f"none ({recipe})"
+        return trained + (f", {len(names)} trainings" if len(names) > 1 else "") + report.caveat(names)
+
+    ratios = pd.DataFrame([[np.nanmean([ratio.get((m, a), np.nan) for m in names]) for a in attacks]
+                           for names in recipes.values()], index=[label(r) for r in recipes], columns=attacks)
+    spread = ("; with several trainings, the mean over them (their SD, and per-pair changes counted, in the "
+              "tables below)" if repeated else "")
     lines = ["## Attack-to-attack matrix\n",
              "Rows: the attack a model was fine-tuned on (none: a base model); columns: the attack it is evaluated "
              "under. First the ADV/ORIG ratio (mean over sizes of the seed means, as the paper's), then each "
              "fine-tuned model's change in ADV accuracy against its parent under that attack, in points, on the "
-             f"same images (largest size, each test image once), with McNemar's exact p (* below {ALPHA}).\n",
+             f"same images (largest size, each test image once), with McNemar's exact p (* below {ALPHA})"
+             f"{spread}.\n",
              tabulate([[i] + [_num(v, 3) for v in row] for i, row in zip(ratios.index, ratios.to_numpy())],
-                      headers=["trained on \\ attacked with"] + attacks, tablefmt="github", disable_numparse=True), ""]
+                      headers=["trained on \\ attacked with"] + attacks, tablefmt="github", disable_numparse=True),
+             ""]
+    if repeated:
+        sds = [[np.nanstd([ratio.get((m, a), np.nan) for m in names], ddof=1) if len(names) > 1 else np.nan
+                for a in attacks] for names in recipes.values()]
+        lines += [tabulate([[i] + [_num(v, 3) for v in row] for i, row in zip(ratios.index, sds)],
+                           headers=["SD of the ratio between trainings"] + attacks, tablefmt="github",
+                           disable_numparse=True), ""]
     delta = None
     if report.examples is not None:
         paired = stats.paired_against_parents(report.examples, parents)
-        tuned = [m for m in models if m in parents]
+        tuned = [r for r, names in recipes.items() if names[0] in parents]
         if not paired.empty and tuned:
             cells = paired.set_index(["model", "attack"])
-            delta = pd.DataFrame([[cells["diff"].get((m, a), np.nan) for a in attacks] for m in tuned],
-                                 index=[trained_on[m] for m in tuned], columns=attacks)
-            p = pd.DataFrame([[cells["p"].get((m, a), np.nan) for a in attacks] for m in tuned],
-                             index=delta.index, columns=attacks)
-            rows = [[i] + [_change(d, q) for d, q in zip(delta.loc[i], p.loc[i])] for i in delta.index]
+            delta = pd.DataFrame([[np.nanmean([cells["diff"].get((m, a), np.nan) for m in recipes[r]])
+                                   for a in attacks] for r in tuned], index=[label(r) for r in tuned],
+                                 columns=attacks)
+            rows = []
+            for r, row_label in zip(tuned, delta.index):
+                row = [row_label]
+                for a in attacks:
+                    diffs = [(cells["diff"].get((m, a), np.nan), cells["p"].get((m, a), np.nan))
+                             for m in recipes[r]]
+                    if len(diffs) == 1:
+                        row.append(_change(*diffs[0]))
+                        continue
+                    up = sum(d > 0 and q < ALPHA for d, q in diffs)
+                    down = sum(d < 0 and q < ALPHA for d, q in diffs)
+                    row.append("" if np.isnan(delta.at[row_label, a]) else
+                               f"{delta.at[row_label, a]:+.1f} ({up} up, {down} down of {len(diffs)}*)")
+                rows.append(row)
+            note = (f"\n\n*With several trainings: the mean change over the pairs (each fine-tune against its own "
+                    f"parent), and how many pairs changed significantly up or down (McNemar p < {ALPHA})."
+                    if repeated else "")
             lines += [tabulate(rows, headers=["trained on \\ attacked with (Δ vs parent)"] + attacks,
-                               tablefmt="github", disable_numparse=True), ""]
+                               tablefmt="github", disable_numparse=True) + note, ""]
     if report.with_figures:
         lines += [_heatmap(ratios, delta, report.run_dir), ""]
     return lines

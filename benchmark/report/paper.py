@@ -15,13 +15,14 @@ from benchmark.report.frames import fmt, interval, interval_cells, mean_sd, pape
 @section("tables", order=20)
 def tables(report: Report) -> list[str]:
     return (["## Tables as in the paper" if report.with_paper else "## Accuracy", ""]
-            + paper_tables(report.results, report.means, stats.accuracy_intervals(report.reps), report.reps))
+            + paper_tables(report.results, report.means, stats.accuracy_intervals(report.reps), report.reps,
+                           caveat=report.caveat))
 
 
 @section("ratio", order=30)
 def ratio(report: Report) -> list[str]:
     return (["## ADV/ORIG ratio (mean over sizes)", ""]
-            + ratio_table(report.results, report.means, report.reps, report.examples) + [""])
+            + ratio_table(report.results, report.means, report.reps, report.examples, caveat=report.caveat) + [""])
 
 
 def _repeated_cells(means: pd.DataFrame, names: list[str], attack: str, reps: dict, paths: list) -> dict:
@@ -39,7 +40,7 @@ def _repeated_cells(means: pd.DataFrame, names: list[str], attack: str, reps: di
 
 
 def paper_tables(results: dict, means: pd.DataFrame, intervals: pd.DataFrame | None = None,
-                 reps: dict | None = None) -> list[str]:
+                 reps: dict | None = None, caveat=lambda models: "") -> list[str]:
     reference = results.get("reference") or {}
     ref_sizes = reference.get("sizes", [])
     sizes = sorted(means["size"].unique())
@@ -78,7 +79,11 @@ def paper_tables(results: dict, means: pd.DataFrame, intervals: pd.DataFrame | N
             ci = "; 95% CI: " + ("Wilson" if seeds == 1 else "bootstrap over images") if intervals is not None else ""
             what = f"mean{spread} over {seeds} seed(s){ci}" + (
                 "; one training run: no interval includes the variance of training" if reps is not None else "")
-        out.append(f"### {recipe}\n\nAccuracy (%) on original (ORIG) and adversarial (ADV) images, {what}{source}.\n")
+        flagged = caveat(names)
+        out.append(f"### {recipe}{' ⚠' if flagged else ''}\n\n" + (f"**Caveat**: this model{flagged}: its robustness "
+                                                                 "may be an artefact of the evaluation.\n\n"
+                                                                 if flagged else "")
+                   + f"Accuracy (%) on original (ORIG) and adversarial (ADV) images, {what}{source}.\n")
         out.append(tabulate(rows, headers=["attack", ""] + [f"{s} images" for s in sizes], tablefmt="github",
                             disable_numparse=True))
         out.append("")
@@ -86,7 +91,7 @@ def paper_tables(results: dict, means: pd.DataFrame, intervals: pd.DataFrame | N
 
 
 def ratio_table(results: dict, means: pd.DataFrame, reps: dict | None = None,
-                examples: pd.DataFrame | None = None) -> list[str]:
+                examples: pd.DataFrame | None = None, caveat=lambda models: "") -> list[str]:
     reference = results.get("reference") or {}
     found = repeats.of_results(results)
     ratios = paper_ratio(means).set_index(["model", "attack"])["ratio"]
@@ -104,7 +109,7 @@ def ratio_table(results: dict, means: pd.DataFrame, reps: dict | None = None,
                 value, ci = rep.value, interval(rep.lo, rep.hi, 3)
             else:
                 rep, value, ci = None, float(ratios[(names[0], attack)]), None
-            row = [recipe, attack, fmt(value, 3)] + ([ci] if ci is not None else [])
+            row = [recipe + caveat(names), attack, fmt(value, 3)] + ([ci] if ci is not None else [])
             if repeated:
                 row += [rep.describe() if rep.includes_training else "one training run",
                         fmt(rep.sd_between, 3), interval(rep.pred_lo, rep.pred_hi, 3),
