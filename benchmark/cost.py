@@ -264,7 +264,8 @@ def estimate(nodes: list[Node], works: dict[str, Any], device: torch.device,
             elif fn == "crafted_node":
                 seconds += attack_seconds(ctx, job.source, job.attack, job.seed, job.size)
             else:
-                searches = job.attack.minimal_eps["steps"] + 2 if fn == "minimal_node" else 1
+                search = job.attack.minimal_eps or {}
+                searches = search.get("grid", 1) + 1 + search.get("steps", 0) if fn == "minimal_node" else 1
                 known = rate_key(ctx, job.model, job.attack, job.seed) in history[node.work]
                 seconds += searches * attack_seconds(ctx, job.model, job.attack, job.seed, job.size) + (
                     0.0 if known else predictions)

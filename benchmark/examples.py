@@ -4,7 +4,7 @@ Columns: model (a trained model: its recipe's name, or recipe@repeat where the r
 (benchmark.repeats: 'r0', 'r1.3'), attack, attack_family, seed, position (0-based place in the seed's evaluation order; size s is
 positions < s), index (into the test split), label, pred_orig, pred_adv, correct_orig, correct_adv, and the
 perturbation's l0 (changed pixel-channels), l2 and linf in pixel space ([0,1] images), and where a run has an
-attack with `minimal_eps`, min_eps (empty for the other attacks). Every accuracy cell of
+attack with `minimal_eps`, min_eps and min_eps_reversals (empty for the other attacks). Every accuracy cell of
 results.json is the mean of `correct_orig` or `correct_adv` over positions < size of one (model, attack, seed).
 """
 from __future__ import annotations
@@ -22,7 +22,9 @@ COLUMNS = ["model", "recipe", "repeat", "attack", "attack_family", "seed", "posi
            "pred_orig", "pred_adv", "correct_orig", "correct_adv", "l0", "l2", "linf"]
 # Columns a file written before repeated training lacks; load() fills them in (one repeat of each model).
 ADDED = {"recipe": lambda table: table["model"], "repeat": lambda table: "r0"}
-OPTIONAL = ["min_eps"]  # an attack with minimal_eps (benchmark.minimal): 0 already wrong, inf not fooled at max
+# An attack with minimal_eps (benchmark.minimal): min_eps (0 already wrong, inf not fooled at max) and
+# min_eps_reversals (grid points where success turned into failure: not monotone in eps where > 0).
+OPTIONAL = ["min_eps", "min_eps_reversals"]
 
 
 def frame(jobs: Iterable, outcomes: Iterable[dict], coordinates: dict[str, tuple[str, str]] | None = None
@@ -37,7 +39,7 @@ def frame(jobs: Iterable, outcomes: Iterable[dict], coordinates: dict[str, tuple
         part = pd.DataFrame({"position": range(n), "index": outcome["indices"][:n], "label": outcome["label"],
                              "pred_orig": outcome["orig_pred"], "pred_adv": outcome["adv_pred"],
                              "l0": outcome["l0"], "l2": outcome["l2"], "linf": outcome["linf"],
-                             **({"min_eps": outcome["min_eps"]} if "min_eps" in outcome else {})})
+                             **{c: outcome[c] for c in OPTIONAL if c in outcome}})
         part.insert(0, "seed", job.seed)
         part.insert(0, "attack_family", job.attack.family)
         part.insert(0, "attack", job.attack.name)

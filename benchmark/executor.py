@@ -1,15 +1,16 @@
 """Executors run a command's graph (benchmark.graph) and say where its numbers are computed.
 
     executor.device("auto") -> torch.device       # where the nodes compute (CUDA where the workers have GPUs)
-    executor.run(nodes, works) -> graph.Outcome   # every node whose dependencies succeeded, failures recorded
+    executor.run(nodes, works) -> graph.Outcome   # every node whose dependencies succeeded, failures recorded,
+                                                  # where each was computed (Outcome.placement, remote executors)
     executor.describe() -> dict                   # for results.json: kind, device (as the workers name it), ...
 
 `LocalExecutor` (the default) runs the nodes one after another in this process with torch's thread count;
-`benchmark.ray_executor.RayExecutor` runs them on a pool of Ray actors (imported only when asked for). Executors
-are registered by name (`--executor NAME`): `@executor("name")` on a factory `fn(address=None) -> Executor`, here
-or in another package's module under the entry-point group `adv_transfer_bench.executors`. A node
-that raises fails itself and what depends on it; everything else still runs and is kept, then the runner reports
-the failure.
+`benchmark.ray_executor.RayExecutor` runs them on a pool of Ray actors, on this machine or over a cluster's
+machines (imported only when asked for). Executors are registered by name (`--executor NAME`): `@executor("name")`
+on a factory `fn(address=None) -> Executor`, here or in another package's module under the entry-point group
+`adv_transfer_bench.executors`. A node that raises fails itself and what depends on it; everything else still runs
+and is kept, then the runner reports the failure.
 """
 from __future__ import annotations
 

@@ -124,7 +124,7 @@ def search(model: torch.nn.Module, make, images: torch.Tensor, labels: torch.Ten
         bar.update()
     at_top = success[grid] & (first < 0)
     first[at_top] = grid  # adv already holds their image at max
-    reversals = (success[:-1] & ~success[1:]).sum(0)
+    reversals = (success[:-1] & ~success[1:]).sum(0)  # 0 for the images not attacked (misclassified already)
     # Bisection between the first succeeding grid point (hi, a success) and the one below (lo, a failure); hi only
     # ever moves to an eps that succeeds, so it ends at the smallest succeeding eps seen.
     active = first > 0
@@ -145,4 +145,4 @@ def search(model: torch.nn.Module, make, images: torch.Tensor, labels: torch.Ten
         bar.update()
     bar.close()
     min_eps = [0.0 if w else float(h) for w, h in zip(wrong.tolist(), hi.tolist())]
-    return adv, min_eps, [0 if w else int(r) for w, r in zip(wrong.tolist(), reversals.tolist())], invariant
+    return adv, min_eps, reversals.tolist(), invariant

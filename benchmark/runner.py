@@ -209,7 +209,9 @@ def write_run(work: Work, plan: Plan, outcome: Outcome, out: Path, executor: dic
     atomic_json(out / "run.json", {"timings_s": timings, "device": results["device"], "executor": executor,
                                    "suite_hash": suite.hash, "cost": costs or {},
                                    "nodes": {"computed": computed, "failed": len(failures or []),
-                                             "reused": len(plan.node_ids) - computed - len(failures or [])}})
+                                             "reused": len(plan.node_ids) - computed - len(failures or [])},
+                                   # which Ray node, host and GPUs computed each node (remote executors)
+                                   "placement": outcome.placed(plan.node_ids)})
     if write_report:
         report.write(out)
     return pd.DataFrame(rows)

@@ -8,7 +8,7 @@ draw of 300 test images; accuracy by a probit with known components), beside the
 - prediction: our prediction interval against a rerun of the suite on the same images;
 - the gate (benchmark.check over repeats): false alarms on reruns and power against a 2-point drop.
 
-    .venv/bin/python benchmarks/variance_coverage.py --sims 2000
+    .venv/bin/python benchmarks/variance_coverage.py --sims 2000 --gate-sims 500
 """
 from __future__ import annotations
 
@@ -65,7 +65,9 @@ def gate(sims: int, sd: float, drop: float, alpha: float, seed: int = 0) -> tupl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sims", type=int, default=2000)
+    parser.add_argument("--sims", type=int, default=2000, help="simulated suites per coverage setting")
+    parser.add_argument("--gate-sims", type=int, default=500, help="simulated reruns per gate setting (each runs "
+                                                                    "benchmark.check twice: slower)")
     args = parser.parse_args()
     print(f"Coverage of the truth by 95% intervals, {args.sims} simulated suites of 3 base trainings x 5 fine-tunes "
           "x 300 shared images (prediction: of a rerun's estimate)\n")
@@ -75,12 +77,12 @@ def main() -> None:
         c = coverage(args.sims, sd_base, sd_fine)
         print(f"| {sd_base}, {sd_fine} | {c['ours']:.3f} | {c['image only']:.3f} | "
               f"{c['hierarchical bootstrap']:.3f} | {c['prediction']:.3f} |")
-    print(f"\nThe gate over repeats (check, models trained again), {args.sims} simulated reruns each: 3 x 5 trainings "
+    print(f"\nThe gate over repeats (check, models trained again), {args.gate_sims} simulated reruns each: 3 x 5 trainings "
           "per side, adversarial accuracy SD per level as given\n")
     print("| SD per level (points) | alpha | false alarms | 2-point drop caught |\n|---|---|---|---|")
     for sd in (0.2, 0.4, 0.6):
         for alpha in (0.01, 0.05):
-            fa, power = gate(args.sims, sd / 100, 0.02, alpha)
+            fa, power = gate(args.gate_sims, sd / 100, 0.02, alpha)
             print(f"| {sd} | {alpha} | {fa:.3f} | {power:.3f} |")
 
 

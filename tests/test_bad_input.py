@@ -100,6 +100,12 @@ SUITE_CASES = [
      "patience and val_size must be at least 1"),
     ("synthetic data of 1e11 images", lambda s: s.replace("train = 1000", "train = 100000000000"),
      "data.train must be a positive integer of at most 1,000,000"),
+    ("eps = 1e6", lambda s: s.replace("eps = 0.02", "eps = 1e6"),
+     "attacks.fgsm.eps = 1000000.0: an Linf eps above 1 exceeds the input range of its space"),
+    ("multistep of a million steps", lambda s: s + "\n[checks]\nmultistep = { steps = 1000000 }\n",
+     "checks.multistep.steps = 1000000: at most 1,000"),
+    ("Square check of 10 million queries", lambda s: s + "\n[checks]\nblack_box = { n_queries = 10000000 }\n",
+     "checks.black_box.n_queries = 10000000: at most 100,000"),
 ]
 
 
@@ -505,3 +511,110 @@ def test_a_fifo_as_checkpoint_is_refused_without_waiting(capsys, tmp_path):
     suite.write_text(FOLDER_SUITE.format(source="synthetic").replace(
         'arch = "small-cnn"\nepochs = 1\nbatch_size = 4', 'checkpoint = "net.pt"\narch = "small-cnn"'))
     _refused(capsys, ["validate", str(suite)], "is not a regular file")
+
+
+# ------------------------------------------------------------------------------- what a new user ran into (round 3)
+def test_another_suite_into_an_existing_out_is_refused_unless_forced(capsys, tiny_suite, tmp_path):
+    first, out = tiny_suite(), tmp_path / "out"
+    assert main(["run", str(first), "--out", str(out), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    before = (out / "results.json").read_bytes()
+    other = tmp_path / "other.toml"
+    other.write_text(first.read_text().replace('name = "tiny"', 'name = "other"'))
+    _refused(capsys, ["run", str(other), "--out", str(out), "--device", "cpu"],
+             f"{out} holds the results of suite 'tiny', not of 'other'")
+    assert (out / "results.json").read_bytes() == before
+    assert main(["run", str(first), "--out", str(out), "--device", "cpu"]) == 0  # the same suite: rerun is fine
+    assert main(["run", str(other), "--out", str(out), "--device", "cpu", "--force"]) == 0
+    assert json.loads((out / "results.json").read_text())["suite_name"] == "other"
+
+
+FACTORY = """
+import torch
+print("building the model")  # a factory that talks
+def build(num_classes=10):
+    print("still building")
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, num_classes))
+"""
+
+
+def _factory_suite(tmp_path, *, state, attack, source="synthetic", extra="", talks=False):
+    """A suite loading net.pt through the factory above (printing, if `talks`), attacked by `attack` (TOML)."""
+    (tmp_path / "talky.py").write_text(FACTORY if talks else FACTORY.replace("print(", "str("))
+    torch.save(state, tmp_path / "net.pt")
+    data = 'source = "folder"\npath = "images"' if source == "folder" else 'source = "synthetic"'
+    suite = tmp_path / "suite.toml"
+    suite.write_text(f'schema = 1\nname = "own"\n[data]\n{data}\n[models.mine]\ncheckpoint = "net.pt"\n'
+                     f'factory = "talky:build"\n{extra}[attacks.a]\n{attack}\n[matrix]\nmodels = ["mine"]\n'
+                     'attacks = ["a"]\n[evaluation]\nsizes = [2]\nseeds = [0]\n')
+    return suite
+
+
+def _linear(classes: int) -> dict:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, classes)).state_dict()
+
+
+def test_validate_refuses_attacks_the_model_or_the_data_cannot_take(capsys, tmp_path):
+    paper_jsma = 'adapter = "jsma-origin"\nmode = "paper-code"'
+    suite = _factory_suite(tmp_path, state=_linear(10), attack=paper_jsma)
+    _refused(capsys, ["validate", str(suite)], "attacks.a acts in normalized space (space = 'normalized', or "
+             "jsma-origin's paper-code mode), which needs the model's normalization as a separate layer: give "
+             "models.mine mean = [...] and std = [...]")
+    _refused(capsys, ["run", str(suite), "--out", str(tmp_path / "out"), "--device", "cpu"], "acts in normalized")
+    given = _factory_suite(tmp_path, state=_linear(10), attack=paper_jsma,
+                           extra="mean = [0.5, 0.5, 0.5]\nstd = [0.5, 0.5, 0.5]\n")
+    assert main(["validate", str(given)]) == 0
+    _image_folder(tmp_path / "images")
+    three = _factory_suite(tmp_path, state=_linear(3), attack='adapter = "torchattacks.JSMA"', source="folder")
+    _refused(capsys, ["validate", str(three)], "attacks.a: torchattacks.JSMA assumes 10 classes (it targets (label + "
+             "1) mod 10) and the data has 3: use jsma-origin or art.SaliencyMapMethod")
+    assert not (tmp_path / "out").exists()
+
+
+def test_checkpoints_with_nan_or_integer_weights_are_refused_naming_the_tensors(capsys, tmp_path):
+    state = _linear(10)
+    state["1.weight"][0, 0] = float("nan")
+    suite = _factory_suite(tmp_path, state=state, attack='adapter = "torchattacks.FGSM"')
+    _refused(capsys, ["validate", str(suite)], "models.mine: net.pt holds NaN or inf in 1 tensor(s): 1.weight")
+    suite = _factory_suite(tmp_path, state={k: (v * 100).long() for k, v in _linear(10).items()},
+                           attack='adapter = "torchattacks.FGSM"')
+    _refused(capsys, ["validate", str(suite)], "models.mine: net.pt holds integer weights (2 of 2 tensors, e.g. "
+             "1.weight: torch.int64)")
+
+
+def test_a_factory_that_prints_leaves_validate_json_parseable(capsys, tmp_path):
+    suite = _factory_suite(tmp_path, state=_linear(10), attack='adapter = "torchattacks.FGSM"', talks=True)
+    assert main(["validate", str(suite)]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["loaded_models"] and "building the model" in captured.err
+
+
+def test_a_write_that_fails_is_one_line_and_leaves_no_temporary_file(tiny_suite, tmp_path):
+    """A file-size limit (a full disk) while the results are written: one line naming the file and the cause,
+    exit 2, no temporary file left, the earlier results intact; a rerun without the limit completes."""
+    path, out = tiny_suite(), tmp_path / "out"
+    command = [sys.executable, "-m", "benchmark", "run", str(path), "--out", str(out), "--device", "cpu"]
+    env = {**os.environ, "BENCH_CACHE": str(tmp_path / "cache")}
+    subprocess.run(command, check=True, capture_output=True, env=env, timeout=300)
+    before = (out / "results.json").read_bytes()
+    limit = max(1, (out / "examples.csv").stat().st_size // 1024 // 2)  # KiB: half of examples.csv
+    done = subprocess.run(["bash", "-c", f"ulimit -f {limit}; exec \"$@\"", "bash", *command],
+                          capture_output=True, text=True, env=env, timeout=300)
+    lines = [line for line in done.stderr.replace("\r", "\n").splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert lines[0].startswith(f"error: cannot write {out / 'examples.csv'}: File too large")
+    assert not [p for p in out.iterdir() if ".tmp-" in p.name]
+    assert (out / "results.json").read_bytes() == before
+    subprocess.run(command, check=True, capture_output=True, env=env, timeout=300)
+
+
+def test_hidden_files_in_an_image_folder_are_skipped_and_counted(capsys, tmp_path):
+    data = _image_folder(tmp_path / "images")
+    for name in ("train/a/._0.png", "test/b/._1.png"):  # macOS resource forks: not images
+        (data / name).write_bytes(b"\x00\x05\x16\x07 resource fork")
+    suite = tmp_path / "suite.toml"
+    suite.write_text(FOLDER_SUITE.format(source="folder"))
+    assert main(["run", str(suite), "--out", str(tmp_path / "out"), "--device", "cpu", "--data-dir", str(data)]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert "2 hidden file(s) skipped (names starting with a dot)" in results["data"]["description"]

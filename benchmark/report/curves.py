@@ -1,4 +1,5 @@
-"""Section: accuracy-vs-eps curves from per-image minimal eps (benchmark.minimal), with each model's median."""
+"""Section: accuracy-vs-eps curves from per-image minimal eps (benchmark.minimal), with each model's median and
+the images whose success was not monotone along the search's grid (the count the "eps_monotone" flag tests)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from tabulate import tabulate
 
+from benchmark.flags import nonmonotone
 from benchmark.report import Report, section
 from benchmark.report.frames import minimal_eps_attacks, slug
 from benchmark.stats import distinct_images
@@ -20,10 +22,14 @@ def minimal_eps_section(report: Report) -> list[str]:
         return []
     entries = minimal_eps_attacks(report.results)
     lines = ["## Robustness curves from per-image minimal eps\n",
-             "Per image, the smallest eps (in the attack's own space, see its entry) at which the attack fools the "
-             "model, by bisection in [0, max]; accuracy at e is the share of images correct originally whose "
-             "minimal eps exceeds e. Each test image once (seeds' subsets overlap). Median over the originally "
-             "correct images ('> max': more than half not fooled at max).\n"]
+             "Per image, the smallest eps (in the attack's own space, see its entry) at which the attack was seen to "
+             "fool the model: every point of a grid of equal intervals of [0, max] (minimal_eps.grid, 8 by default) "
+             "tried, then bisection between the first that fools it and the one below; accuracy at e is the share of "
+             "images correct originally whose minimal eps exceeds e (no eps <= e tried fools them: a budget e allows "
+             "every smaller eps). Each test image once (seeds' subsets overlap). Median over the originally correct "
+             "images ('> max': more than half fooled at no eps tried). Not monotone: of the originally correct images "
+             "the attack fools, those it fools at one grid point and not at a larger one (gradient masking, "
+             "randomness, FGSM overshooting; the \"eps_monotone\" check).\n"]
     rows = []
     for family, group in examples[examples["min_eps"].notna()].groupby("attack_family", sort=False):
         entry = entries.get(family, {})
@@ -36,13 +42,16 @@ def minimal_eps_section(report: Report) -> list[str]:
             correct = g["correct_orig"].to_numpy(bool)
             curves[model] = [100 * float(np.mean(correct & (eps > e))) for e in grid]
             median = float(np.median(eps[correct])) if correct.any() else float("nan")
+            measured = "min_eps_reversals" in g and g["min_eps_reversals"].notna().any()
+            k, n = nonmonotone(g) if measured else (0, 0)
             rows.append([model, family, len(g), "> max" if np.isinf(median) else f"{median:.4g}",
                          f"{100 * np.mean(np.isfinite(eps[correct])):.1f}" if correct.any() else "",
-                         f"{curves[model][-1]:.1f}", f"{top:g}"])
+                         f"{k} of {n}" if measured else "not measured", f"{curves[model][-1]:.1f}", f"{top:g}"])
         if report.with_figures:
             lines.append(_figure(family, grid, curves, entry.get("space", "pixel"), report.run_dir))
     lines += ["", tabulate(rows, headers=["model", "attack", "images", "median minimal eps",
-                                          "fooled at max (% of originally correct)", "accuracy at max % (of all)",
+                                          "fooled at some eps (% of originally correct)",
+                                          "not monotone (of those fooled)", "accuracy at max % (of all)",
                                           "max"], tablefmt="github", disable_numparse=True), ""]
     return lines
 

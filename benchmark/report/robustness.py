@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from benchmark.flags import ALPHA, CHECKS, flags
+from benchmark.flags import ALPHA, CHECKS, REVERSAL_SHARE, flags
 from benchmark.report import Report, section
 from benchmark.report.frames import slug
 
@@ -25,7 +25,18 @@ def robustness_section(report: Report) -> list[str]:
              "about one. Paired comparisons are on the same images (largest size, each test image once), tested on "
              f"those classified correctly before the attack, significant at McNemar's exact p < {ALPHA} and in the "
              "direction the check names (a small p with 'ok' is a significant difference the other way). "
-             + "; ".join(f"**{k}**: {v[0]}" for k, v in CHECKS.items()) + ".\n"]
+             + "; ".join(f"**{k}**: {v[0]}" for k, v in CHECKS.items() if k in set(table["check"])) + ".\n"]
+    ran_here = set(table.loc[table["flag"].notna(), "check"])
+    if "eps_sweep" in ran_here:  # how the two tests that are not one pair of attacks work, where they have numbers
+        lines.append("An eps sweep is tested as a whole, on all its images: accuracy must not rise from any smaller "
+                     "eps to any larger one (every pair, one-sided McNemar exact, Holm-adjusted over the pairs so the "
+                     f"chance of a false flag on a curve that does not rise stays below {ALPHA}; 'up' / 'down': images "
+                     "wrong at the smaller eps and right at the larger, and the reverse).\n")
+    if "eps_monotone" in ran_here:
+        lines.append("eps_monotone: of the originally correct images a minimal-eps search fools, those it fools at "
+                     "one grid point and not at a larger one; FGSM overshoots on a few even on an ordinary model, so "
+                     f"it flags when their share is significantly above {100 * REVERSAL_SHARE:.0f}% (one-sided exact "
+                     f"binomial, p < {ALPHA}).\n")
     if "checks" not in report.results:
         lines.append("This run predates the checks: only what its cells already hold (eps sweeps) is checked; rerun "
                      "its suite for the probes, and add `[checks]` for the attacks they need.\n")
@@ -63,13 +74,16 @@ def transfer_section(report: Report) -> list[str]:
              f"Accuracy (%) of each target model (columns) on images crafted on each source model (rows), mean over "
              f"seeds, {size} images per seed, the same images per seed for every cell. One table per attack: the "
              "suite's attacks that differ only in their source share it, and the white-box attack of the same "
-             "entry, where the suite has one, is its diagonal. Lower: the images transfer better.\n"]
+             "entry, where the suite has one, is its diagonal (marked white-box, as is a transfer attack whose "
+             "source is the model it attacks). Lower: the images transfer better.\n"]
     for key in groups:
         cells = at[at["same"] == key]
         names = list(dict.fromkeys(cells["attack"]))
         grid = (cells.groupby(["src", "model"], sort=False)["adv_acc"].mean() * 100).unstack("model")
         grid = grid.reindex(index=list(dict.fromkeys(cells["src"])), columns=list(dict.fromkeys(cells["model"])))
-        rows = [[source] + ["" if np.isnan(v) else f"{v:.1f}" for v in grid.loc[source]] for source in grid.index]
+        # A source that is its target crafted on the model it attacks: that cell is a white-box attack.
+        rows = [[source] + ["" if np.isnan(v) else f"{v:.1f}" + (" (white-box)" if source == target else "")
+                            for target, v in zip(grid.columns, grid.loc[source])] for source in grid.index]
         lines += [f"**{' = '.join(names)}**:\n",
                   tabulate(rows, headers=["source \\ target"] + list(grid.columns), tablefmt="github",
                            disable_numparse=True), ""]
