@@ -7,7 +7,6 @@ import sys
 import warnings
 from pathlib import Path
 
-from adapters.registry import RegistryError
 from benchmark.errors import UserError, one_line
 from benchmark.graph import RunFailed
 
@@ -78,7 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
     try:
         return _dispatch(args)
-    except (UserError, RegistryError) as exc:
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a registry's error (adapters.registry, imported only once needed): one line too
+        registry = sys.modules.get("adapters.registry")
+        if registry is None or not isinstance(exc, registry.RegistryError):
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RunFailed as exc:  # a node raised: what does not depend on it finished and is kept
@@ -103,6 +108,9 @@ def _kept() -> str:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "validate":
+        from benchmark import schema
+
+        schema.precheck(args.suite)  # a misspelt key is answered before torch and the toolkits are imported
         from benchmark import preflight
         from benchmark.suite import load
 
@@ -125,6 +133,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             raise UserError(str(exc)) from None
         return 0
     if args.command == "run":
+        from benchmark import schema
+
+        for path in args.suites:
+            schema.precheck(path)
         from tabulate import tabulate
 
         from benchmark.runner import run_suites
@@ -140,6 +152,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         make = EXECUTORS.get(args.executor)
         if make is None:
             raise UserError(f"unknown executor {args.executor!r}; valid: {', '.join(EXECUTORS.names())}")
+        from adapters.registry import RegistryError
+
         try:
             executor = make(args.address)
         except (UserError, RegistryError):

@@ -38,7 +38,8 @@ from benchmark.store import Store, atomic_write
 KINDS = {"base_model_node": "base trainings", "finetune_node": "fine-tunes", "adversarial_set_node": "adversarial sets",
          "evaluation_node": "evaluations", "minimal_node": "evaluations", "crafted_node": "evaluations",
          "transfer_node": "evaluations", "probe_node": "probes"}
-ORDER = ("base trainings", "fine-tunes", "adversarial sets", "evaluations", "probes")
+ORDER = ("base trainings", "loaded models", "fine-tunes", "adversarial sets", "evaluations", "probes")
+MEASURED_BATCH = 32  # images per timed pass
 PER_NODE_S = 0.05  # what every computed node costs besides its passes: records, checksums, a progress bar
 
 
@@ -118,21 +119,26 @@ class Passes:
 
 
 def measure(arch: str, entry: dict, shape: tuple[int, ...], num_classes: int, device: torch.device,
-            batches: set[int]) -> Passes:
-    """Passes timed here on a freshly built model (the RNG left as it was)."""
+            batches: set[int], module: torch.nn.Module | None = None) -> Passes:
+    """Passes timed here on a freshly built model, or a copy of a loaded `module` (the RNG left as it was)."""
+    import copy
+
     with torch.random.fork_rng(devices=[]):
-        model = models.build(arch, mean=entry.get("mean", [0.5] * 3), std=entry.get("std", [0.5] * 3),
-                             num_classes=num_classes).to(device)
+        model = (copy.deepcopy(module) if module is not None else
+                 models.build(arch, mean=entry.get("mean", [0.5] * 3), std=entry.get("std", [0.5] * 3),
+                              num_classes=num_classes)).to(device)
         out = Passes()
+        # Small batches (a second or two on a CPU even at 224x224): a smaller batch costs a little more per image,
+        # so the estimate errs high.
         for batch in sorted(batches):
-            n = max(2, min(batch, 128))  # a smaller batch costs a little more per image: estimates err high
+            n = max(2, min(batch, MEASURED_BATCH))
             x = torch.rand(n, *shape, device=device)
             y = torch.randint(0, num_classes, (n,), device=device)
             optimizer = torch.optim.Adam(model.parameters(), lr=0.0)
             model.train()
             out.train[batch] = _best(lambda: _step(model, optimizer, x, y), device) / n
         model.eval()
-        n = 64
+        n = MEASURED_BATCH
         x, y = torch.rand(n, *shape, device=device), torch.randint(0, num_classes, (n,), device=device)
         with torch.no_grad():
             out.forward = _best(lambda: model(x), device) / n
@@ -152,7 +158,7 @@ def _input_gradient(model, x, y) -> None:
     torch.autograd.grad(torch.nn.functional.cross_entropy(model(x), y), x)
 
 
-def _best(fn, device: torch.device, repeat: int = 3) -> float:
+def _best(fn, device: torch.device, repeat: int = 2) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeat - 1):
@@ -164,6 +170,49 @@ def _best(fn, device: torch.device, repeat: int = 3) -> float:
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - started)
     return min(times)
+
+
+class _Unfoolable(torch.nn.Module):
+    """Logits that put every image in class 0 whatever it looks like (a gradient flows, and is 0): an attack on it
+    never succeeds, so it runs every iteration, and the model costs nothing. What remains is the attack's own
+    per-iteration time (its Python loop, its tensor bookkeeping)."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.cat([torch.tensor([20.0]), torch.zeros(num_classes - 1)]))
+
+    def forward(self, x):
+        return self.logits.expand(len(x), -1) + 0.0 * x.flatten(1).mean(1, keepdim=True)
+
+
+def overhead(spec, shape: tuple[int, ...], num_classes: int, device: torch.device, images: int = 16) -> float:
+    """Seconds one iteration of the attack costs per image besides its model's passes: the attack timed on an
+    unfoolable model at a small budget (2 and 4 iterations where it has a budget), per iteration and image (its
+    fixed part spread over these few images: an estimate from above for the attack's batch)."""
+    from adapters import get_attack
+
+    described = get_attack(spec.adapter, **{"seed": 0, **spec.params}).describe()
+    budget = next((k for k in ("steps", "n_queries", "max_iter", "nb_iter", "max_iterations") if k in described),
+                  None)
+    model = _Unfoolable(num_classes).to(device).eval()
+    x = torch.rand(images, *shape, device=device)
+    y = torch.zeros(images, dtype=torch.long, device=device)
+
+    def timed(iterations: int | None) -> float:
+        params = {**spec.params, "seed": 0, **({budget: iterations} if budget else {})}
+        attack = get_attack(spec.adapter, **params)
+        started = time.perf_counter()
+        try:
+            attack(model, x, y)
+        except Exception:  # noqa: BLE001  (an attack the stand-in cannot take: its overhead is not known)
+            return 0.0
+        return time.perf_counter() - started
+
+    with torch.random.fork_rng(devices=[]):
+        if budget is None:
+            return timed(None) / images
+        timed(2)  # warm-up
+        return max(0.0, (timed(4) - timed(2)) / 2) / images
 
 
 def attack_passes(adapter: str, described: dict, features: int) -> tuple[float, float, bool]:
@@ -202,15 +251,19 @@ def estimate(nodes: list[Node], works: dict[str, Any], device: torch.device,
 
     def passes_of(ctx, model: str) -> Passes | None:
         root = ctx.suite.root(model)
-        if root.loaded:
-            return None
-        e = root.entry
-        key = (e["arch"], tuple(ctx.data.test_x.shape[1:]), len(ctx.data.classes))
+        shape = tuple(ctx.data.test_x.shape[1:])
+        key = (root.entry.get("arch") or f"loaded:{root.name}", shape, len(ctx.data.classes))
         if key not in passes:
             batches = {s.entry["batch_size"] for s in ctx.suite.models.values()
-                       if not s.loaded and ctx.suite.root(s.name).entry.get("arch") == e["arch"]}
-            passes[key] = measure(e["arch"], e, key[1], key[2], device, batches)
+                       if not s.loaded and ctx.suite.root(s.name).name in ([root.name] if root.loaded else [
+                           r.name for r in ctx.suite.models.values() if r.entry.get("arch") == key[0]])}
+            module = ctx.loaded_sources[root.name].module if root.loaded and root.name in ctx.loaded_sources else None
+            if root.loaded and module is None:
+                return None
+            passes[key] = measure(key[0], root.entry, shape, key[2], device, batches, module=module)
         return passes[key]
+
+    overheads: dict[str, float] = {}
 
     def attack_seconds(ctx, model: str, spec, seed: int, images: int) -> float:
         seen = history[ctx_token[id(ctx)]].get(rate_key(ctx, model, spec, seed))
@@ -220,10 +273,15 @@ def estimate(nodes: list[Node], works: dict[str, Any], device: torch.device,
         if p is None:
             return 0.0
         features = math.prod(ctx.data.test_x.shape[1:])
-        backward, forward, bounded = attack_passes(spec.adapter, build_attack(spec, seed).describe(), features)
+        described = build_attack(spec, seed).describe()
+        backward, forward, bounded = attack_passes(spec.adapter, described, features)
         if bounded:
             out.bounded.add("evaluations")
-        return images * (backward * p.backward + forward * p.forward)
+        key = json.dumps([spec.adapter, spec.params], sort_keys=True, default=str)
+        if key not in overheads:
+            overheads[key] = overhead(spec, tuple(ctx.data.test_x.shape[1:]), len(ctx.data.classes), device)
+        iterations = max(backward / 2 if spec.adapter == "jsma-origin" else backward, forward, 1)
+        return images * (backward * p.backward + forward * p.forward + iterations * overheads[key])
 
     ctx_token = {id(c): token for token, c in contexts.items()}
     for node in nodes:
@@ -233,7 +291,11 @@ def estimate(nodes: list[Node], works: dict[str, Any], device: torch.device,
         ctx = contexts[node.work]
         k = node.fn.keywords
         seconds = PER_NODE_S
-        if kind == "base trainings":
+        if kind == "base trainings" and ctx.suite.models[k["name"]].loaded:
+            kind = "loaded models"  # stored, and scored on the test split
+            p = passes_of(ctx, k["name"])
+            seconds += len(ctx.data.test_y) * (p.forward if p is not None else 0.0)
+        elif kind == "base trainings":
             spec = ctx.suite.models[k["name"]]
             p = passes_of(ctx, spec.name)
             if p is not None:
@@ -348,6 +410,8 @@ def measured(nodes: list[Node], seconds: dict[str, float], computed: set[str]) -
     for node in nodes:
         if node.id in computed:
             kind = kind_of(node)
+            if kind == "base trainings" and node.name.split(": ")[-1].startswith("load "):
+                kind = "loaded models"
             out[kind] = out.get(kind, 0.0) + seconds.get(node.id, 0.0)
             counts[kind] = counts.get(kind, 0) + 1
     return {"total_s": round(sum(out.values()), 1), "seconds": {k: round(v, 1) for k, v in out.items()},

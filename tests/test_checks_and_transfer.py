@@ -162,7 +162,7 @@ batch_size = 40
 
 [checks]
 multistep = {{ steps = 10 }}
-black_box = {{ n_queries = 150 }}
+black_box = {{ n_queries = 60 }}
 from_parent = ["fgsm"]
 probe_images = 40
 """

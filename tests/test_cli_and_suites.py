@@ -122,3 +122,20 @@ def test_evaluation_batch_size_is_a_fixed_positive_number(tiny_suite):
         with pytest.raises(UserError, match="evaluation.batch_size .the attack batch. must be a positive integer"):
             load(path)
         path.write_text(path.read_text().replace(f"batch_size = {bad}\n", ""))
+
+
+def test_the_early_schema_check_names_what_the_full_parse_names():
+    """benchmark.schema answers before torch is imported; its names are the suite's and the entries' own."""
+    from benchmark import entries, schema, suite
+
+    assert schema.TOP_KEYS == suite.TOP_KEYS and schema.SCHEMA == suite.SCHEMA
+    assert schema.BASE_KEYS == set(entries.BASE_KEYS) and schema.FINETUNE_KEYS == set(entries.FINETUNE_KEYS)
+
+
+def test_a_schema_error_is_answered_before_torch_is_imported(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("schema = 1\nflavour = 2\n[data]\nsource = 'synthetic'\n")
+    code = ("import sys; from benchmark import cli; code = cli.main(['validate', %r]); "
+            "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(code)" % str(bad))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"error: {bad}: unknown key flavour"), proc.stderr

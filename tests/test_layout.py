@@ -55,7 +55,7 @@ def test_adapters_never_import_the_benchmark():
 # The README's Layout order: each module imports (at module level or inside a function) only those before it.
 LAYERS = ([f"adapters.{m}" for m in "rng base registry families jsma_origin via_torchattacks via_art catalog".split()]
           + [f"benchmark.{m}" for m in (
-              "errors store env data models train evaluate builders code_hashes fingerprint sources extends repeats entries "
+              "errors store env data models train evaluate builders code_hashes fingerprint sources extends schema repeats entries "
               "checks suite preflight graph ray_executor executor context nodes transfer minimal plan cost examples stats variance claims "
               "flags report.frames "
               "report report.figures report.summary report.provenance report.training report.paper report.verdicts "

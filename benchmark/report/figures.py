@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from benchmark.report import Report, section
 from benchmark.report.frames import slug
+from benchmark.repeats import recipe_of
 
 
 @section("figures", order=100)
@@ -48,9 +49,10 @@ def figures(results: dict, frame: pd.DataFrame, means: pd.DataFrame, run_dir: Pa
     fig_dir.mkdir(parents=True, exist_ok=True)
     classes = results.get("classes") or [str(i) for i in range(10)]
     size = frame["size"].max()
-    links = ["## Confusion matrices\n", f"Summed over seeds, {size} images per seed; rows true class, columns "
-             "predicted.\n"]
-    groups = frame[frame["size"] == size].groupby(["model", "attack"], sort=False)
+    links = ["## Confusion matrices\n", f"Summed over seeds (and over a recipe's repeated trainings), {size} images "
+             "per seed; rows true class, columns predicted.\n"]
+    at = frame[frame["size"] == size]
+    groups = at.assign(model=at["model"].map(recipe_of)).groupby(["model", "attack"], sort=False)
     for (model, attack), group in tqdm(groups, desc="report: confusion matrices", unit="figure", leave=False,
                                        file=sys.stderr, disable=groups.ngroups < 20):
         fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))

@@ -36,7 +36,9 @@ def summary_section(report: Report) -> list[str]:
         parts.append("**flags raised** (the robustness may be an artefact of the evaluation): "
                      + "; ".join(f"{m}: {', '.join(c)}" for m, c in report.raised.items()))
     elif not report.flags.empty:
-        parts.append(f"no robustness check raised a flag ({int(report.flags['flag'].notna().sum())} ran)")
+        ran = int(report.flags["flag"].notna().sum())
+        parts.append(f"no robustness check raised a flag ({ran} ran)" if ran else
+                     "no robustness check could run (see 'Is the robustness real?' for what each needs)")
     if parts:
         lines += ["## Summary\n"] + [f"- {p}" for p in parts] + [""]
     return lines
