@@ -128,17 +128,18 @@ def measure(arch: str, entry: dict, shape: tuple[int, ...], num_classes: int, de
                  models.build(arch, mean=entry.get("mean", [0.5] * 3), std=entry.get("std", [0.5] * 3),
                               num_classes=num_classes)).to(device)
         out = Passes()
-        # Small batches (a second or two on a CPU even at 224x224): a smaller batch costs a little more per image,
-        # so the estimate errs high.
+        # Small batches, fewer images the larger they are (a second or two on a CPU, also at 224x224): a smaller
+        # batch costs a little more per image, so the estimate errs high.
+        small = max(2, round(MEASURED_BATCH * 32 * 32 / math.prod(shape[1:])))
         for batch in sorted(batches):
-            n = max(2, min(batch, MEASURED_BATCH))
+            n = max(2, min(batch, small))
             x = torch.rand(n, *shape, device=device)
             y = torch.randint(0, num_classes, (n,), device=device)
             optimizer = torch.optim.Adam(model.parameters(), lr=0.0)
             model.train()
             out.train[batch] = _best(lambda: _step(model, optimizer, x, y), device) / n
         model.eval()
-        n = MEASURED_BATCH
+        n = small
         x, y = torch.rand(n, *shape, device=device), torch.randint(0, num_classes, (n,), device=device)
         with torch.no_grad():
             out.forward = _best(lambda: model(x), device) / n

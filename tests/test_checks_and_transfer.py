@@ -307,3 +307,11 @@ def test_a_transfer_from_the_parent_and_the_parents_own_evaluation_craft_once(ti
     key = ["model", "attack", "seed", "size"]
     mine = b[b["attack"].isin(["fgsm", "jsma"])].set_index(key)[["orig_acc", "adv_acc"]].sort_index()
     assert mine.equals(a.set_index(key)[["orig_acc", "adv_acc"]].sort_index())
+
+
+def test_a_transfer_source_that_is_its_target_is_named_white_box(checked):
+    results, _, _, run = checked
+    report = render(results, run, with_figures=False)
+    table = report.split("## Transfer attacks")[1].split("\n## ")[0]
+    plain_row = next(line for line in table.splitlines() if line.startswith("| plain "))
+    assert "(white-box)" in plain_row  # fgsm-from-plain evaluated on plain itself

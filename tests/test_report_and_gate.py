@@ -119,3 +119,10 @@ def test_comparison_matches_cells_by_name_not_by_position():
     assert rows[("base", "fgsm")][-2:] == ["0.000", f"{ratio[('base', 'fgsm')]:+.3f}"]  # ours minus a ratio of 0
     assert rows[("base", "jsma")][-4:] == ["", "", "", ""]  # in this run only: blanks for the other
     assert rows[("aft-fgsm", "fgsm-ablation@eps=0.01")][-1] == "+0.000"
+
+
+def test_a_large_report_shows_its_progress(capsys, monkeypatch):
+    monkeypatch.setattr(report, "PROGRESS_CELLS", 1)  # the fixture's cells count as many
+    results = json.loads(FIXTURE.read_text())
+    report.render(results, DATA, with_figures=False)
+    assert "report:" in capsys.readouterr().err

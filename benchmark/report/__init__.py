@@ -29,6 +29,9 @@ from benchmark.store import atomic_write
 __all__ = ["Report", "section", "render", "write", "load_results", "check_results", "cells", "seed_means",
            "paper_ratio"]
 
+PROGRESS_CELLS = 2000  # a report of this many cells takes minutes: a progress bar says which section it is at
+
+
 @dataclass(frozen=True)
 class Section:
     name: str
@@ -115,7 +118,7 @@ def render(results: dict, run_dir: Path, *, against: dict | None = None, against
              f"Data: **{data.get('description')}**. Profile: **{results.get('profile')}**.", ""]
     ordered = sorted(SECTIONS.items(), key=lambda item: item[1].order)
     bar = tqdm(ordered, desc="report", unit="section", leave=False, file=sys.stderr,
-               disable=len(report.frame) < 2000)  # a report of thousands of cells takes minutes: say where it is
+               disable=len(report.frame) < PROGRESS_CELLS)
     for name, part in bar:
         bar.set_postfix_str(name, refresh=False)
         try:
