@@ -41,7 +41,7 @@ from scipy.stats import t as t_dist
 from tabulate import tabulate
 
 from benchmark import examples as examples_csv
-from benchmark import repeats, stats, variance
+from benchmark import flags, repeats, stats, variance
 from benchmark.errors import UserError
 from benchmark.report import cells, load_results
 from benchmark.report.frames import read_results
@@ -227,6 +227,7 @@ def compare(run: dict, baseline: dict, *, alpha: float = 0.01, tolerance: float 
         sum(v["recipe"] == r for v in found_run.values()) > 1 or sum(v["recipe"] == r for v in found_base.values()) > 1)}
     rows = []
     if by_repeats:
+        run = _like_per_recipe(run, baseline, found_run, found_base, by_repeats)
         rows += _repeat_rows(run, baseline, by_repeats, alpha=alpha, tolerance=tolerance, either_way=either_way)
         keep = lambda r, found: [c for c in r["cells"] if found.get(c["model"], {}).get("recipe", c["model"])  # noqa: E731
                                  not in by_repeats]
@@ -245,9 +246,43 @@ def compare(run: dict, baseline: dict, *, alpha: float = 0.01, tolerance: float 
     return pd.DataFrame(rows + per_image)
 
 
+def _like_per_recipe(run: dict, baseline: dict, found_run: dict, found_base: dict, recipes: set[str]) -> dict:
+    """Like for like where models were trained again: per recipe, every (attack, seed, size) the baseline's
+    trainings have is in the run's (else a UserError naming what is missing), and the run's cells of that
+    recipe are cut to them (the same evaluation images on both sides, so the shared image variance cancels)."""
+    def of(results: dict, found: dict, recipe: str) -> set[tuple]:
+        return {(c["attack"], c["seed"], c["size"]) for c in results["cells"]
+                if found.get(c["model"], {}).get("recipe") == recipe}
+
+    def weights(results: dict, found: dict, recipe: str) -> dict[str, str]:
+        info = results.get("models") or {}
+        return {m: info[m].get("weights") for m, v in found.items() if v["recipe"] == recipe and m in info}
+
+    wanted = {}
+    for recipe in sorted(recipes):
+        a, b = weights(run, found_run, recipe), weights(baseline, found_base, recipe)
+        shared = [m for m in a if m in b and a[m] is not None and a[m] == b[m]]
+        if shared:  # the same trainings on both sides are not independent samples: the t-test does not apply
+            raise UserError(f"{recipe}: run and baseline share {len(shared)} of their trainings (the same weights: "
+                            f"{', '.join(shared[:3])}{', ...' if len(shared) > 3 else ''}) but not all; compare runs "
+                            "with the same repeats (per-image tests), or runs trained apart")
+        theirs, mine = of(baseline, found_base, recipe), of(run, found_run, recipe)
+        missing = sorted(theirs - mine, key=str)
+        if missing:
+            listed = ", ".join(f"{a} / seed {s} / size {z}" for a, s, z in missing[:3])
+            raise UserError(f"run lacks {len(missing)} of the baseline's cells of {recipe} (attack / seed / size): "
+                            f"{listed}{', ...' if len(missing) > 3 else ''}; compare runs of one evaluation")
+        wanted[recipe] = theirs
+    kept = [c for c in run["cells"] if found_run.get(c["model"], {}).get("recipe") not in recipes
+            or (c["attack"], c["seed"], c["size"]) in wanted[found_run[c["model"]]["recipe"]]]
+    return {**run, "cells": kept}
+
+
 def _repeat_rows(run: dict, baseline: dict, recipes: set[str], *, alpha: float, tolerance: float | None,
                  either_way: bool) -> list[dict]:
-    """Per (recipe, attack) and metric: Student's t-test of the two runs' means of the top repeated level."""
+    """Per (recipe, attack) and metric: Student's t-test of the two runs' means of the top repeated level; a
+    regression where Holm's adjustment over all these rows keeps p below alpha (a whole suite's rows at once:
+    a rerun with no change fails with probability at most alpha, not alpha per row)."""
     values = {side: _instance_values(r) for side, r in (("run", run), ("baseline", baseline))}
     found = {"run": repeats.of_results(run), "baseline": repeats.of_results(baseline)}
     base_frame = cells(baseline)
@@ -269,6 +304,21 @@ def _repeat_rows(run: dict, baseline: dict, recipes: set[str], *, alpha: float, 
                          for side, names in sides.items()}
                 rows.append(_welch_row(recipe, attack, metric, units, alpha=alpha, tolerance=tolerance,
                                        either_way=either_way))
+    tested = [r for r in rows if np.isfinite(r["p"])]
+    if tolerance is None and tested:
+        adjusted = flags.holm(np.array([r["p"] for r in tested]))
+        for row, q in zip(tested, adjusted):
+            row["regression"] = bool(row["regression"] and q < alpha)
+            # The smallest drop this row would call a regression for sure (Bonferroni's alpha / rows, which Holm
+            # never asks more than): with few trainings a side it is large; more repeats shrink it.
+            one_sided = alpha / len(tested) / (2 if either_way else 1)
+            smallest = float(t_dist.ppf(1 - one_sided, row["_df"]) * row["_se"]) if row["_df"] > 0 else float("nan")
+            row["test"] += (f", Holm over {len(tested)} rows (adjusted p {q:.2g}; a drop over {smallest:.3g} is "
+                            "always caught)" if np.isfinite(smallest) and smallest > 0 else
+                            f", Holm over {len(tested)} rows (adjusted p {q:.2g})")
+    for row in rows:
+        row.pop("_se", None)
+        row.pop("_df", None)
     return rows
 
 
@@ -322,7 +372,7 @@ def _welch_row(recipe: str, attack: str, metric: str, units: dict[str, np.ndarra
         p = float(2 * t_dist.sf(abs(t), df)) if either_way else float(t_dist.cdf(t, df))
     return {**row, "p": p, "test": f"Student t on the training means, pooled variance (models trained again; {n} "
                                    f"trainings at the top repeated level)",
-            "regression": bool(p < alpha and (delta < 0 or either_way) and delta != 0)}
+            "regression": bool(p < alpha and (delta < 0 or either_way) and delta != 0), "_se": se, "_df": df}
 
 
 def _per_image_rows(run: dict, baseline: dict, *, alpha: float, tolerance: float | None, either_way: bool,

@@ -58,9 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("run_dir")
     check.add_argument("--baseline", required=True,
                        help="a results.json, or a run folder (with examples.csv: tested per image)")
-    check.add_argument("--alpha", type=float, default=0.01,
-                       help="significance level of a drop (default 0.01; McNemar exact paired, else Fisher exact)")
-    check.add_argument("--tolerance", type=float, help="fixed absolute bound on a drop instead (e.g. 0.02)")
+    check_bound = check.add_mutually_exclusive_group()  # a fixed bound has no significance level
+    check_bound.add_argument("--alpha", type=float, default=0.01,
+                             help="significance level of a drop (default 0.01; McNemar exact paired, else Fisher exact)")
+    check_bound.add_argument("--tolerance", type=float, help="fixed absolute bound on a drop instead (e.g. 0.02)")
     check.add_argument("--either-way", action="store_true", help="also fail significant rises")
 
     perf = sub.add_parser("perf", help="throughput of training and attacks on this machine, as a table")
@@ -80,15 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RunFailed as exc:  # a node raised: what does not depend on it finished and is kept
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:  # a registry's error (adapters.registry, imported only once needed): one line too
         registry = sys.modules.get("adapters.registry")
         if registry is None or not isinstance(exc, registry.RegistryError):
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except RunFailed as exc:  # a node raised: what does not depend on it finished and is kept
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(f"\ninterrupted; {_kept()}", file=sys.stderr)  # a newline: after a progress bar
         return 130

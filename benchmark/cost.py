@@ -64,6 +64,7 @@ class Estimate:
     total_nodes: int = 0
     device: str = "cpu"
     bounded: set[str] = field(default_factory=set)  # kinds whose estimate is an upper bound (early stop, attacks)
+    untimed: dict[str, str] = field(default_factory=dict)  # model -> why it could not be timed (it raised)
 
     @property
     def total(self) -> float:
@@ -75,13 +76,15 @@ class Estimate:
                  for k in ORDER if self.counts.get(k)]
         stored = (f"{self.stored} of {self.total_nodes} nodes already in the store" if self.stored
                   else "nothing in the store yet")
+        untimed = "".join(f"; {name} not timed ({why}), its nodes not counted" for name, why in self.untimed.items())
         if not parts:
-            return f"cost: nothing to compute ({stored})"
-        return f"cost: about {duration(self.total)} on this {self.device} ({', '.join(parts)}); {stored}"
+            return f"cost: nothing to compute ({stored}){untimed}"
+        return f"cost: about {duration(self.total)} on this {self.device} ({', '.join(parts)}); {stored}{untimed}"
 
     def record(self) -> dict[str, Any]:
         return {"total_s": round(self.total, 1), "seconds": {k: round(v, 1) for k, v in self.seconds.items()},
-                "nodes": dict(self.counts), "stored": self.stored, "upper_bounds": sorted(self.bounded)}
+                "nodes": dict(self.counts), "stored": self.stored, "upper_bounds": sorted(self.bounded),
+                "untimed": dict(self.untimed)}
 
 
 def duration(seconds: float) -> str:
@@ -261,7 +264,11 @@ def estimate(nodes: list[Node], works: dict[str, Any], device: torch.device,
             module = ctx.loaded_sources[root.name].module if root.loaded and root.name in ctx.loaded_sources else None
             if root.loaded and module is None:
                 return None
-            passes[key] = measure(key[0], root.entry, shape, key[2], device, batches, module=module)
+            try:
+                passes[key] = measure(key[0], root.entry, shape, key[2], device, batches, module=module)
+            except Exception as exc:  # the estimate never stops a run: the nodes that use this model say why
+                passes[key] = None
+                out.untimed[root.name] = f"{type(exc).__name__}: {exc}"
         return passes[key]
 
     overheads: dict[str, float] = {}

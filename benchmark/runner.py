@@ -41,7 +41,7 @@ import torch
 from benchmark import data as datasets
 from benchmark import claims, cost, env, evaluate, examples, fingerprint, preflight, repeats, report, stats
 from benchmark.context import Evaluation, Work
-from benchmark.errors import UserError
+from benchmark.errors import UserError, one_line
 from benchmark.executor import Executor, LocalExecutor
 from benchmark.graph import Outcome, RunFailed
 from benchmark.plan import Plan, plan_graph
@@ -111,7 +111,7 @@ def run_suites(suites: list[Suite | str | Path], outs: list[str | Path] | None =
     outcome = executor.run(nodes, {w.token: w for w in works})
     graph_seconds = time.perf_counter() - graph_started
     computed = {n for n, v in outcome.values.items() if isinstance(v, dict) and v.get("computed")}
-    costs = {"estimate": estimate.record(), "measured": cost.measured(nodes, outcome.seconds, computed)}
+    costs = {"estimate": estimate.record() if estimate is not None else None, "measured": cost.measured(nodes, outcome.seconds, computed)}
     cost.remember_rates(nodes, {w.token: w for w in works}, outcome.seconds, computed, torch_device)
     failed, skipped = outcome.failures(nodes)
     lost = {n.id for n in failed + skipped}
@@ -134,10 +134,16 @@ def run_suites(suites: list[Suite | str | Path], outs: list[str | Path] | None =
     return frames
 
 
-def announce_cost(nodes, works: list[Work], device) -> "cost.Estimate":
+def announce_cost(nodes, works: list[Work], device) -> "cost.Estimate | None":
     """The command's cost estimate (benchmark.cost), one line on stderr before any work; on a CPU, a note naming
     a CPU-scale suite where base training alone would take over HEAVY_S."""
-    estimate, _ = cost.estimate(nodes, {w.token: w for w in works}, device)
+    try:
+        estimate, _ = cost.estimate(nodes, {w.token: w for w in works}, device)
+    except UserError:
+        raise
+    except Exception as exc:  # e.g. the workers' GPUs seen from a driver without one: the run itself goes on
+        print(f"cost: not estimated on this machine ({one_line(exc)})", file=sys.stderr)
+        return None
     print(estimate.line(), file=sys.stderr)
     if device.type == "cpu" and estimate.seconds.get("base trainings", 0.0) > HEAVY_S:
         siblings = [str(w.suite.path.with_name(f"{w.suite.path.stem}-cpu.toml")) for w in works

@@ -18,7 +18,8 @@ their fine-tunes). Its uncertainty has two parts that are estimated apart:
   images for every repeat: the covariance of two repeats' replicates. Without per-image outcomes aligned across
   repeats (no examples.csv) the whole image variance of one repeat stands in for it (an upper bound).
 
-The 95% interval is mean +- t(nu) * SE, SE^2 their sum, nu by Welch-Satterthwaite. A percentile bootstrap over 3
+The 95% interval is mean +- sqrt(t(n-1)^2 * SE_training^2 + z^2 * SE_images^2): each part at its own
+quantile (the image part rests on thousands of images), added in quadrature. A percentile bootstrap over 3
 base repeats would cover the truth far less often than 95% (its 3 values have too few distinct resamples and a
 variance biased by 2/3): tests/test_variance.py measures both by simulation. With one training of the recipe the
 interval is the image bootstrap's percentile interval, as before repeats, and says so.

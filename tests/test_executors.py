@@ -194,6 +194,7 @@ def ray_executor():
 
 def test_ray_run_is_bit_identical_to_a_local_run_and_reruns_make_nothing(ray_executor, tiny_suite, tmp_path):
     path = tiny_suite()
+    path.write_text(path.read_text().replace("seeds = [0, 1]", "seeds = [0]"))  # 9 nodes: trainings and attacks
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the thread count of Ray's CPU tasks: CPU kernels round by thread count
     try:
@@ -290,15 +291,16 @@ def kill_the_driver_then_rerun(command: list[str], out: Path, kind: str, *, in_p
     return before
 
 
-def test_ray_run_resumes_after_its_driver_is_killed(tiny_suite, tmp_path):
-    """kill -9 of the driver mid-run: a rerun recomputes none of the finished artefacts and completes (on a
+def test_ray_run_resumes_after_its_driver_is_killed(ray_executor, tiny_suite, tmp_path):
+    """kill -9 of a driver that started its own Ray instance, mid-run: a rerun (here, from this process, on this
+    module's running instance: one Ray start fewer) recomputes none of the finished artefacts and completes (on a
     cluster: tests/test_ray_cluster.py)."""
-    pytest.importorskip("ray")
+    ray_executor.device("cpu")  # started: the rerun's `--executor ray` uses it
     path, out = tiny_suite(), tmp_path / "run"
     path.write_text(path.read_text().replace("sizes = [20, 50]", "sizes = [20, 300]"))  # slower evaluations
     command = [sys.executable, "-m", "benchmark", "run", str(path), "--out", str(out), "--device", "cpu",
                "--executor", "ray"]
-    before = kill_the_driver_then_rerun(command, out, "evaluations")
+    before = kill_the_driver_then_rerun(command, out, "evaluations", in_process=True)
     assert 1 <= sum(k.startswith("evaluations/") for k in before) < 8  # killed mid-run
     assert len(_cells(out)) == 2 * 2 * 2 * 2
 

@@ -143,8 +143,8 @@ name = "pretrained"
 
 [data]
 source = "synthetic"
-train = 40
-test = 10
+train = 20
+test = 6
 
 [models.base]
 arch = "resnet18-imagenet"
@@ -152,7 +152,7 @@ pretrained = "weights/resnet18-f37072fd.pth"
 mean = [0.485, 0.456, 0.406]
 std = [0.229, 0.224, 0.225]
 epochs = 1
-batch_size = 20
+batch_size = 10
 augment = false
 
 [attacks.fgsm]

@@ -199,11 +199,11 @@ def test_results_json_holds_the_claims_over_the_repeats(repeated_runs):
 
 def test_check_knows_whether_it_compares_the_same_models_or_trainings_again(repeated_runs, capsys):
     """3 x 2 against 2 x 2: every baseline model is in the run with its weights, so per image. 2 x 2 against
-    3 x 2: base@r2 and its fine-tunes are missing, the recipes' trainings differ: Student's t-test on the training
-    means. Each said in words."""
+    3 x 2: base@r2 and its fine-tunes are missing, and the trainings both have are the same weights: not two
+    independent samples of trainings, so neither test applies; refused in one line (exit 2)."""
     assert main(["check", str(repeated_runs["three"]), "--baseline", str(repeated_runs["two"])]) == 0
     out = capsys.readouterr().out
     assert "McNemar exact (paired)" in out and "Student t" not in out
-    assert main(["check", str(repeated_runs["two"]), "--baseline", str(repeated_runs["three"])]) == 0
-    out = capsys.readouterr().out
-    assert "Student t on the training means, pooled variance" in out and "McNemar" not in out
+    assert main(["check", str(repeated_runs["two"]), "--baseline", str(repeated_runs["three"])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "run and baseline share" in err and "compare runs with the same repeats" in err and "\n" not in err

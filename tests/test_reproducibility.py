@@ -147,13 +147,15 @@ def _count_calls(monkeypatch):
 def test_keys_hash_resolved_defaults_not_the_spelling(tiny_suite, tmp_path, monkeypatch):
     implicit = tiny_suite()
     explicit = tmp_path / "explicit.toml"
-    explicit.write_text(implicit.read_text().replace('gamma = 0.01', 'gamma = 0.01\ntheta = 1.0\ntop_k = 32'))
+    text = implicit.read_text()
+    assert "gamma = 0.005" in text  # the edits below change the suite
+    explicit.write_text(text.replace('gamma = 0.005', 'gamma = 0.005\ntheta = 1.0\ntop_k = 32'))
     runner.run_suite(implicit, tmp_path / "run", device="cpu", write_report=False)
     calls = _count_calls(monkeypatch)
     runner.run_suite(explicit, tmp_path / "run", device="cpu", write_report=False)
     assert calls == {"fit": 0, "evaluations": []}
     other = tmp_path / "other.toml"
-    other.write_text(implicit.read_text().replace('gamma = 0.01', 'gamma = 0.01\ntheta = 0.5'))
+    other.write_text(text.replace('gamma = 0.005', 'gamma = 0.005\ntheta = 0.5'))
     runner.run_suite(other, tmp_path / "run", device="cpu", write_report=False)
     assert calls["fit"] == 0 and set(calls["evaluations"]) == {"jsma-origin"}
 
