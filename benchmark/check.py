@@ -260,8 +260,8 @@ def _like_per_recipe(run: dict, baseline: dict, found_run: dict, found_base: dic
 
     wanted = {}
     for recipe in sorted(recipes):
-        a, b = weights(run, found_run, recipe), weights(baseline, found_base, recipe)
-        shared = [m for m in a if m in b and a[m] is not None and a[m] == b[m]]
+        mine_w, theirs_w = weights(run, found_run, recipe), weights(baseline, found_base, recipe)
+        shared = [m for m, w in mine_w.items() if w is not None and theirs_w.get(m) == w]
         if shared:  # the same trainings on both sides are not independent samples: the t-test does not apply
             raise UserError(f"{recipe}: run and baseline share {len(shared)} of their trainings (the same weights: "
                             f"{', '.join(shared[:3])}{', ...' if len(shared) > 3 else ''}) but not all; compare runs "

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from benchmark import models
+from benchmark.errors import one_line
 from benchmark.graph import Node, order
 from benchmark.store import Store, atomic_write
 
@@ -268,7 +269,7 @@ def estimate(nodes: list[Node], works: dict[str, Any], device: torch.device,
                 passes[key] = measure(key[0], root.entry, shape, key[2], device, batches, module=module)
             except Exception as exc:  # the estimate never stops a run: the nodes that use this model say why
                 passes[key] = None
-                out.untimed[root.name] = f"{type(exc).__name__}: {exc}"
+                out.untimed[root.name] = one_line(exc)
         return passes[key]
 
     overheads: dict[str, float] = {}

@@ -111,7 +111,8 @@ def run_suites(suites: list[Suite | str | Path], outs: list[str | Path] | None =
     outcome = executor.run(nodes, {w.token: w for w in works})
     graph_seconds = time.perf_counter() - graph_started
     computed = {n for n, v in outcome.values.items() if isinstance(v, dict) and v.get("computed")}
-    costs = {"estimate": estimate.record() if estimate is not None else None, "measured": cost.measured(nodes, outcome.seconds, computed)}
+    costs = {"estimate": estimate.record() if estimate is not None else None,
+             "measured": cost.measured(nodes, outcome.seconds, computed)}
     cost.remember_rates(nodes, {w.token: w for w in works}, outcome.seconds, computed, torch_device)
     failed, skipped = outcome.failures(nodes)
     lost = {n.id for n in failed + skipped}
