@@ -122,9 +122,27 @@ class Passes:
     backward: float = 0.0
 
 
+# What was timed in this process (the machine does not change within it: a second estimate, as of a command that
+# runs several suites one after the other or of a Python session, reuses it): key -> Passes, and an attack's
+# per-iteration overhead. Loaded models are timed each time (their module may be another one under the same name).
+_MEASURED: dict[tuple, Passes] = {}
+_OVERHEADS: dict[tuple, float] = {}
+
+
 def measure(arch: str, entry: dict, shape: tuple[int, ...], num_classes: int, device: torch.device,
             batches: set[int], module: torch.nn.Module | None = None) -> Passes:
     """Passes timed here on a freshly built model, or a copy of a loaded `module` (the RNG left as it was)."""
+    key = (arch, tuple(shape), num_classes, str(device), tuple(sorted(batches)), torch.get_num_threads())
+    if module is None and key in _MEASURED:
+        return _MEASURED[key]
+    passes = _measure(arch, entry, shape, num_classes, device, batches, module)
+    if module is None:
+        _MEASURED[key] = passes
+    return passes
+
+
+def _measure(arch: str, entry: dict, shape: tuple[int, ...], num_classes: int, device: torch.device,
+             batches: set[int], module: torch.nn.Module | None) -> Passes:
     import copy
 
     with torch.random.fork_rng(devices=[]):
@@ -194,6 +212,14 @@ def overhead(spec, shape: tuple[int, ...], num_classes: int, device: torch.devic
     """Seconds one iteration of the attack costs per image besides its model's passes: the attack timed on an
     unfoolable model at a small budget (2 and 4 iterations where it has a budget), per iteration and image (its
     fixed part spread over these few images: an estimate from above for the attack's batch)."""
+    key = (spec.adapter, json.dumps(spec.params, sort_keys=True, default=str), tuple(shape), num_classes,
+           str(device), torch.get_num_threads(), images)
+    if key not in _OVERHEADS:
+        _OVERHEADS[key] = _overhead(spec, shape, num_classes, device, images)
+    return _OVERHEADS[key]
+
+
+def _overhead(spec, shape: tuple[int, ...], num_classes: int, device: torch.device, images: int) -> float:
     from adapters import get_attack
 
     described = get_attack(spec.adapter, **{"seed": 0, **spec.params}).describe()

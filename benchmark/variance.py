@@ -143,6 +143,23 @@ def across_repeats(paths: list[tuple[int, ...]], replicates: np.ndarray, *, alig
                     counts, LEVELS[min(depth, 1)], float(df))
 
 
+def independent_units(paths: list[tuple[int, ...]]) -> int:
+    """How many independent trainings an interval over these repeats rests on: the units of the first level
+    that branches (1: a single instance, no training variance in the interval)."""
+    depth = replicated_level(paths)
+    return 1 if depth is None else len(_units(paths, depth))
+
+
+def few_trainings_note(units: int, level: float = LEVEL) -> str:
+    """A clause for intervals resting on 2 independent trainings: Student's t with 1 degree of freedom is 12.7
+    at 95%, so such an interval is wide by design and may reach past the quantity's range; '' otherwise."""
+    if units != 2:
+        return ""
+    t1, t2 = (float(scipy_stats.t.ppf(0.5 + level / 2, df)) for df in (1, 2))
+    return (f"on 2 independent trainings the interval's t has 1 degree of freedom ({t1:.1f} x its standard error; "
+            f"{t2:.1f} with 3 trainings): wide by design, it can reach past 0-100%; more repeats narrow it")
+
+
 def _shared_image_variance(replicates: np.ndarray, per_instance: np.ndarray) -> float:
     """The image variance every repeat shares: the mean covariance between two repeats' aligned replicates,
     from Var(mean of N) = shared + (mean variance - shared) / N; at least 0, at most one repeat's."""

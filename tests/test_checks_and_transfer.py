@@ -156,13 +156,13 @@ models = ["plain", "base", "tuned"]
 attacks = ["fgsm", "fgsm-from-plain"]
 
 [evaluation]
-sizes = [80]
+sizes = [60]
 seeds = [0]
 batch_size = 40
 
 [checks]
 multistep = {{ steps = 10 }}
-black_box = {{ n_queries = 60 }}
+black_box = {{ n_queries = 30 }}
 from_parent = ["fgsm"]
 probe_images = 40
 """
@@ -227,7 +227,7 @@ def test_a_transfer_attack_is_crafting_on_the_source_and_evaluating_by_hand(chec
     bank = _bank(synthetic)[0]
     target = MaskedNearClean(trained, bank, EPS[0] / 4).eval()
     for seed in (0,):
-        idx = subset(len(synthetic.test_y), 80, seed)
+        idx = subset(len(synthetic.test_y), 60, seed)
         x, y = synthetic.test_x[idx].float() / 255, synthetic.test_y[idx]
         adv = attack_images(get_attack("torchattacks.FGSM", eps=0.03, seed=seed), trained.eval(), x, y, 40)
         rows = table[(table["model"] == "masked") & (table["attack"] == "fgsm-from-plain")

@@ -96,8 +96,8 @@ def test_an_overlay_equal_to_its_parent_reuses_its_artefacts(parent, tmp_path):
                       .replace('models = ["base", "aft-fgsm"]', 'models = ["base"]'))
     child = _write(tmp_path / "base" / "same.toml", 'extends = "tiny.toml"\n')
     store = tmp_path / "store"
-    run_suite(parent, tmp_path / "one", device="cpu", store=store)
-    frame = run_suite(child, tmp_path / "two", device="cpu", store=store)
+    run_suite(parent, tmp_path / "one", device="cpu", store=store, write_report=False)
+    frame = run_suite(child, tmp_path / "two", device="cpu", store=store, write_report=False)
     run = json.loads((tmp_path / "two" / "run.json").read_text())
     assert run["nodes"]["computed"] == 0 and run["nodes"]["reused"] > 0
     results = json.loads((tmp_path / "two" / "results.json").read_text())
@@ -186,12 +186,12 @@ def test_a_pretrained_recipe_runs_and_is_keyed_by_the_weights_not_their_path(wei
     moved.parent.mkdir()
     path.rename(moved)
     suite.write_text(PRETRAINED_SUITE.replace("weights/", "moved/"))
-    run_suite(suite, tmp_path / "out2", device="cpu", store=tmp_path / "store")
+    run_suite(suite, tmp_path / "out2", device="cpu", store=tmp_path / "store", write_report=False)
     assert json.loads((tmp_path / "out2" / "run.json").read_text())["nodes"]["computed"] == 0 and starts == [1]
     state = torch.load(moved, weights_only=True)
     state["conv1.weight"] += 1
     torch.save(state, moved)
-    run_suite(suite, tmp_path / "out3", device="cpu", store=tmp_path / "store")
+    run_suite(suite, tmp_path / "out3", device="cpu", store=tmp_path / "store", write_report=False)
     assert starts == [1, 1]
 
 

@@ -121,12 +121,13 @@ def test_state_dict_with_registry_arch_runs_keys_on_sha256_and_reports_its_sourc
     moved = tmp_path / "elsewhere"  # the key hashes the file's content, not its path
     moved.mkdir()
     shutil.copy(tmp_path / "mine.pt", moved / "mine.pt")
-    run_suite(_suite(moved, 'checkpoint = "mine.pt"\narch = "small-cnn"'), tmp_path / "run2", device="cpu")
+    run_suite(_suite(moved, 'checkpoint = "mine.pt"\narch = "small-cnn"'), tmp_path / "run2", device="cpu",
+              write_report=False)
     assert json.loads((tmp_path / "run2" / "results.json").read_text())["models"]["mine"]["key"] == info["key"]
     changed = dict(trained.state_dict())
     changed["net.0.bias"] = changed["net.0.bias"] + 0.01
     torch.save(changed, moved / "mine.pt")
-    run_suite(moved / "own.toml", tmp_path / "run3", device="cpu")
+    run_suite(moved / "own.toml", tmp_path / "run3", device="cpu", write_report=False)
     other = json.loads((tmp_path / "run3" / "results.json").read_text())["models"]["mine"]
     assert other["key"] != info["key"] and other["source"]["sha256"] != sha
 
@@ -231,7 +232,8 @@ def test_in_memory_module_through_the_python_api(tmp_path, trained):
     with pytest.raises(UserError, match="provided = true"):
         run_suite(path, tmp_path / "none", device="cpu")
     assert not (tmp_path / "none").exists()
-    frame = run_suite(path, tmp_path / "run", device="cpu", models={"mine": trained, "again": trained})
+    frame = run_suite(path, tmp_path / "run", device="cpu", models={"mine": trained, "again": trained},
+                      write_report=False)
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["models"]["mine"]["source"] == {**results["models"]["mine"]["source"], "kind": "in-memory",
                                                    "weights": before}

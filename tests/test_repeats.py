@@ -141,7 +141,7 @@ def repeated_runs(tmp_path_factory):
                               ("none", "", "")):
         path = root / f"{name}.toml"
         path.write_text(SUITE.format(base=base, tuned=tuned, reference=reference))
-        run_suite(path, root / name, device="cpu", store=root / "store")
+        run_suite(path, root / name, device="cpu", store=root / "store", write_report=name != "two")
         out[name] = root / name
     return out
 
@@ -195,6 +195,18 @@ def test_results_json_holds_the_claims_over_the_repeats(repeated_runs):
     report = (repeated_runs["three"] / "report.md").read_text()
     assert "### Training variance" in report and "3 base trainings x 2 fine-tunes" in report
     assert "one training run (training variance left out)" in (repeated_runs["none"] / "report.md").read_text()
+    assert "1 degree of freedom" not in report  # 3 base trainings: no warning
+
+
+def test_intervals_on_two_trainings_say_why_they_are_wide(repeated_runs):
+    """With 2 base trainings the interval's t(1) is 12.7: an accuracy interval can pass 0-100%; the report says
+    so beside the accuracy tables and the ratio table (a new user read [-103, 138] as a bug)."""
+    from benchmark.report import load_results, render
+
+    report = render(load_results(repeated_runs["two"]), repeated_runs["two"], with_figures=False)
+    accuracy, ratio = report.split("## ADV/ORIG ratio")[0], report.split("## ADV/ORIG ratio")[1].split("\n## ")[0]
+    for part in (accuracy, ratio):
+        assert "2 independent trainings the interval's t has 1 degree of freedom (12.7 x its standard error" in part
 
 
 def test_check_knows_whether_it_compares_the_same_models_or_trainings_again(repeated_runs, capsys):

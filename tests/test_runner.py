@@ -27,24 +27,24 @@ def test_run_suite_returns_one_row_per_cell_and_is_deterministic(tiny_suite, tmp
     assert results["data"]["source"] == "synthetic" and results["versions"]["torch"]
     assert results["models"]["base"]["weights"] != results["models"]["aft-fgsm"]["weights"]
     assert (tmp_path / "a" / "report.md").exists()
-    run_suite(path, tmp_path / "b", device="cpu")
+    run_suite(path, tmp_path / "b", device="cpu", write_report=False)
     assert _results(tmp_path / "a") == _results(tmp_path / "b")
 
 
 def test_rerun_reuses_everything(tiny_suite, tmp_path, monkeypatch):
     path = tiny_suite()
-    run_suite(path, tmp_path / "run", device="cpu")
+    run_suite(path, tmp_path / "run", device="cpu", write_report=False)
     before = _results(tmp_path / "run")
     calls = []
     monkeypatch.setattr(evaluate, "run_evaluation", lambda *a, **k: calls.append(1))
     monkeypatch.setattr("benchmark.nodes.fit", lambda *a, **k: calls.append(1))
-    run_suite(path, tmp_path / "run", device="cpu")
+    run_suite(path, tmp_path / "run", device="cpu", write_report=False)
     assert calls == [] and _results(tmp_path / "run") == before
 
 
 def test_corrupted_artefact_is_detected_and_rebuilt(tiny_suite, tmp_path):
     path = tiny_suite()
-    run_suite(path, tmp_path / "run", device="cpu")
+    run_suite(path, tmp_path / "run", device="cpu", write_report=False)
     before = _results(tmp_path / "run")
     victim = sorted((tmp_path / "run" / "artefacts" / "evaluations").glob("*.json"))[0]
     victim.write_text(victim.read_text().replace("1", "2", 1))
@@ -53,13 +53,13 @@ def test_corrupted_artefact_is_detected_and_rebuilt(tiny_suite, tmp_path):
     blob[-100] ^= 0xFF
     model.write_bytes(bytes(blob))
     with pytest.warns(UserWarning, match="corrupted"):
-        run_suite(path, tmp_path / "run", device="cpu")
+        run_suite(path, tmp_path / "run", device="cpu", write_report=False)
     assert _results(tmp_path / "run") == before
 
 
 def test_kill_9_then_rerun_matches_an_uninterrupted_run(tiny_suite, tmp_path):
     path = tiny_suite()
-    run_suite(path, tmp_path / "clean", device="cpu")
+    run_suite(path, tmp_path / "clean", device="cpu", write_report=False)
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "benchmark", "run", str(path), "--out", str(out), "--device",
@@ -80,18 +80,18 @@ def test_kill_9_then_rerun_matches_an_uninterrupted_run(tiny_suite, tmp_path):
         return original(*args, **kwargs)
 
     pytest.MonkeyPatch().setattr(evaluate, "run_evaluation", counting)
-    run_suite(path, out, device="cpu")
+    run_suite(path, out, device="cpu", write_report=False)
     assert len(recomputed) == 8 - len(done_before)
     assert _results(out) == _results(tmp_path / "clean")
 
 
 def test_paper_code_profile_records_finetune_overlap(tiny_suite, tmp_path):
-    frame = run_suite(tiny_suite("paper-code", "test"), tmp_path / "pc", device="cpu")
+    frame = run_suite(tiny_suite("paper-code", "test"), tmp_path / "pc", device="cpu", write_report=False)
     tuned = frame[frame["model"] == "aft-fgsm"]
     # 100 of 300 test images were fine-tuned on, so about a third of each evaluation subset overlaps.
     assert tuned["finetune_overlap"].sum() > 0
     assert (frame.loc[frame["model"] == "base", "finetune_overlap"] == 0).all()
-    frame = run_suite(tiny_suite("paper", "train"), tmp_path / "p", device="cpu")
+    frame = run_suite(tiny_suite("paper", "train"), tmp_path / "p", device="cpu", write_report=False)
     assert (frame["finetune_overlap"] == 0).all()
 
 

@@ -7,7 +7,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from benchmark import claims, repeats, stats
-from benchmark.variance import across_repeats
+from benchmark.variance import across_repeats, few_trainings_note, independent_units
 from benchmark.report import Report, section
 from benchmark.report.frames import fmt, interval, interval_cells, mean_sd, paper_ratio
 
@@ -72,8 +72,10 @@ def paper_tables(results: dict, means: pd.DataFrame, intervals: pd.DataFrame | N
         seeds = int(means.loc[means["model"] == model, "seeds"].max())
         source = f"; paper rows from {reference['source']}" if reference.get("source") else ""
         if repeated:
+            few = few_trainings_note(independent_units(paths))
             what = (f"mean ± sample sd between the {len(names)} trainings ({', '.join(names)}), each the mean over "
-                    f"{seeds} seed(s); 95% CI over the trainings and the images (benchmark.variance)")
+                    f"{seeds} seed(s); 95% CI over the trainings and the images (benchmark.variance)"
+                    + (f"; {few}" if few else ""))
         else:
             spread = " ± sample sd (n - 1 in the denominator)" if seeds > 1 else ""
             ci = "; 95% CI: " + ("Wilson" if seeds == 1 else "bootstrap over images") if intervals is not None else ""
@@ -97,8 +99,10 @@ def ratio_table(results: dict, means: pd.DataFrame, reps: dict | None = None,
     ratios = paper_ratio(means).set_index(["model", "attack"])["ratio"]
     groups = recipe_groups(results, means["model"])
     repeated = any(len(v) > 1 for v in groups.values()) and reps is not None
-    rows = []
+    rows, fewest = [], None
     for recipe, names in groups.items():
+        units = independent_units([found[m]["path"] for m in names]) if all(m in found for m in names) else 1
+        fewest = units if units > 1 and (fewest is None or units < fewest) else fewest
         for attack in dict.fromkeys(means.loc[means["model"].isin(names), "attack"]):
             ref = claims.reference_cell(reference, recipe, attack)
             stated = claims.stated_ratio(reference, recipe, attack)
@@ -126,6 +130,8 @@ def ratio_table(results: dict, means: pd.DataFrame, reps: dict | None = None,
     note = (" With repeated trainings: the mean over them, its 95% interval over trainings and images, the SD "
             "between the trainings, the prediction interval for a rerun of the suite and the trainings' range "
             "(benchmark.variance)." if repeated else "")
+    few = few_trainings_note(fewest) if repeated and fewest is not None else ""
+    note += f" Where a recipe rests {few}." if few else ""
     return [f"The paper's ratio: the mean over the evaluation sizes of ADV / ORIG, each the mean over seeds.{note}\n",
             tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)]
 
