@@ -63,13 +63,16 @@ def write(path: Path, jobs: Iterable, outcomes: Iterable[dict],
 
 
 def load(run_dir: Path) -> pd.DataFrame | None:
-    """The examples of a run folder (or None where the run predates them); bad files are a UserError."""
+    """The examples of a run folder (or None where the run predates them); bad files are a UserError. A committed
+    folder may hold it gzipped (examples.csv.gz: a repeated full-scale run's is tens of MB), read as it is."""
     path = Path(run_dir) / FILE
     if not path.is_file():
-        return None
+        path = path.with_name(FILE + ".gz")
+        if not path.is_file():
+            return None
     try:
         table = pd.read_csv(path, dtype={c: str for c in ("model", "recipe", "repeat", "attack", "attack_family")})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, EOFError) as exc:
         raise UserError(f"{path}: not a readable CSV ({exc})") from None
     for column, fill in ADDED.items():
         if column not in table.columns:

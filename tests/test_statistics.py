@@ -10,6 +10,7 @@ from benchmark import check, evaluate, examples, report, run_suite, stats
 from benchmark.report.verdicts import verdicts as verdict_lines
 from benchmark import claims
 from benchmark.cli import main
+from benchmark.errors import UserError
 from conftest import TINY_SUITE
 
 FIXTURE = json.loads((__import__("pathlib").Path(__file__).parent / "data" / "results-fixture.json").read_text())
@@ -25,6 +26,24 @@ def tiny_run(tmp_path_factory):
         mp.setenv("BENCH_CACHE", str(root / "cache"))
         run_suite(suite, root / "run", device="cpu")
     return root / "run"
+
+
+def test_a_gzipped_examples_csv_reads_as_the_plain_one_and_check_uses_it(tiny_run, tmp_path, capsys):
+    """A committed run folder may hold examples.csv.gz (a repeated full-scale run's is tens of MB)."""
+    import gzip
+    import shutil
+
+
+    gz = tmp_path / "gz"
+    gz.mkdir()
+    shutil.copy(tiny_run / "results.json", gz / "results.json")
+    (gz / "examples.csv.gz").write_bytes(gzip.compress((tiny_run / "examples.csv").read_bytes()))
+    pd.testing.assert_frame_equal(examples.load(gz), examples.load(tiny_run))
+    assert main(["check", str(tiny_run), "--baseline", str(gz)]) == 0
+    assert "McNemar exact (paired)" in capsys.readouterr().out  # paired per image: the examples were read
+    (gz / "examples.csv.gz").write_bytes(b"\x1f\x8b" + b"not gzip")
+    with pytest.raises(UserError, match="not a readable CSV"):
+        examples.load(gz)
 
 
 def test_examples_csv_recomputes_every_cell_exactly(tiny_run):
