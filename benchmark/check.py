@@ -446,8 +446,10 @@ def _ratio_rows(run: dict, baseline: dict, *, alpha: float, tolerance: float | N
 def _paper_ratios(frame: pd.DataFrame) -> pd.Series:
     """Per (model, attack): the paper's ratio, the mean over sizes of adv_acc / orig_acc (each pooled over
     seeds); one pass over the cells, not one per pair (a repeated suite's check has hundreds of pairs)."""
-    means = frame.groupby(["model", "attack", "size"], sort=False)[["orig_acc", "adv_acc"]].mean()
-    # Series.mean per pair, as the report's ratio is taken (groupby's own mean sums otherwise: the last digit moves)
+    # Sizes ascending and Series.mean over them per pair, as the per-pair computation this replaces summed them
+    # (another order or groupby's own mean moves the last digit).
+    means = (frame.sort_values("size", kind="stable").groupby(["model", "attack", "size"], sort=False)
+             [["orig_acc", "adv_acc"]].mean())
     return (means["adv_acc"] / means["orig_acc"]).groupby(level=["model", "attack"], sort=False).agg(
         lambda ratios: ratios.mean())
 

@@ -122,22 +122,29 @@ class Passes:
     backward: float = 0.0
 
 
-# What was timed in this process (the machine does not change within it: a second estimate, as of a command that
-# runs several suites one after the other or of a Python session, reuses it): key -> Passes, and an attack's
-# per-iteration overhead. Loaded models are timed each time (their module may be another one under the same name).
-_MEASURED: dict[tuple, Passes] = {}
-_OVERHEADS: dict[tuple, float] = {}
+# What was timed in this process in the last REUSE_S seconds (`validate --cost` then `run`, or several runs of a
+# Python session, back to back): key -> (when, Passes), and an attack's per-iteration overhead. Older timings are
+# taken again: the machine's load changes. Loaded models are timed each time (another module may carry the name).
+REUSE_S = 60.0
+_MEASURED: dict[tuple, tuple[float, Passes]] = {}
+_OVERHEADS: dict[tuple, tuple[float, float]] = {}
+
+
+def _recent(memo: dict, key: tuple):
+    when, value = memo.get(key, (float("-inf"), None))
+    return value if time.monotonic() - when < REUSE_S else None
 
 
 def measure(arch: str, entry: dict, shape: tuple[int, ...], num_classes: int, device: torch.device,
             batches: set[int], module: torch.nn.Module | None = None) -> Passes:
     """Passes timed here on a freshly built model, or a copy of a loaded `module` (the RNG left as it was)."""
-    key = (arch, tuple(shape), num_classes, str(device), tuple(sorted(batches)), torch.get_num_threads())
-    if module is None and key in _MEASURED:
-        return _MEASURED[key]
+    key = (arch, id(models.ARCHITECTURES.get(arch)), tuple(shape), num_classes, str(device), tuple(sorted(batches)),
+           torch.get_num_threads())  # the registered builder itself: a name can be registered anew
+    if module is None and (passes := _recent(_MEASURED, key)) is not None:
+        return passes
     passes = _measure(arch, entry, shape, num_classes, device, batches, module)
     if module is None:
-        _MEASURED[key] = passes
+        _MEASURED[key] = (time.monotonic(), passes)
     return passes
 
 
@@ -214,9 +221,11 @@ def overhead(spec, shape: tuple[int, ...], num_classes: int, device: torch.devic
     fixed part spread over these few images: an estimate from above for the attack's batch)."""
     key = (spec.adapter, json.dumps(spec.params, sort_keys=True, default=str), tuple(shape), num_classes,
            str(device), torch.get_num_threads(), images)
-    if key not in _OVERHEADS:
-        _OVERHEADS[key] = _overhead(spec, shape, num_classes, device, images)
-    return _OVERHEADS[key]
+    seconds = _recent(_OVERHEADS, key)
+    if seconds is None:
+        seconds = _overhead(spec, shape, num_classes, device, images)
+        _OVERHEADS[key] = (time.monotonic(), seconds)
+    return seconds
 
 
 def _overhead(spec, shape: tuple[int, ...], num_classes: int, device: torch.device, images: int) -> float:
@@ -283,11 +292,12 @@ def estimate(nodes: list[Node], works: dict[str, Any], device: torch.device,
     def passes_of(ctx, model: str) -> Passes | None:
         root = ctx.suite.root(model)
         shape = tuple(ctx.data.test_x.shape[1:])
-        key = (root.entry.get("arch") or f"loaded:{root.name}", shape, len(ctx.data.classes))
+        arch = root.entry.get("arch") or f"loaded:{root.name}"
+        batches = {s.entry["batch_size"] for s in ctx.suite.models.values()
+                   if not s.loaded and ctx.suite.root(s.name).name in ([root.name] if root.loaded else [
+                       r.name for r in ctx.suite.models.values() if r.entry.get("arch") == arch])}
+        key = (arch, shape, len(ctx.data.classes), tuple(sorted(batches)))  # a second suite may train at others
         if key not in passes:
-            batches = {s.entry["batch_size"] for s in ctx.suite.models.values()
-                       if not s.loaded and ctx.suite.root(s.name).name in ([root.name] if root.loaded else [
-                           r.name for r in ctx.suite.models.values() if r.entry.get("arch") == key[0]])}
             module = ctx.loaded_sources[root.name].module if root.loaded and root.name in ctx.loaded_sources else None
             if root.loaded and module is None:
                 return None
@@ -312,7 +322,8 @@ def estimate(nodes: list[Node], works: dict[str, Any], device: torch.device,
         backward, forward, bounded = attack_passes(spec.adapter, described, features)
         if bounded:
             out.bounded.add("evaluations")
-        key = json.dumps([spec.adapter, spec.params], sort_keys=True, default=str)
+        key = json.dumps([spec.adapter, spec.params, list(ctx.data.test_x.shape[1:]), len(ctx.data.classes)],
+                         sort_keys=True, default=str)
         if key not in overheads:
             overheads[key] = overhead(spec, tuple(ctx.data.test_x.shape[1:]), len(ctx.data.classes), device)
         iterations = max(backward / 2 if spec.adapter == "jsma-origin" else backward, forward, 1)

@@ -9,12 +9,13 @@ results.json is the mean of `correct_orig` or `correct_adv` over positions < siz
 """
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
 
-from benchmark.errors import UserError
+from benchmark.errors import UserError, one_line
 from benchmark.store import atomic_write
 
 FILE = "examples.csv"
@@ -65,15 +66,16 @@ def write(path: Path, jobs: Iterable, outcomes: Iterable[dict],
 def load(run_dir: Path) -> pd.DataFrame | None:
     """The examples of a run folder (or None where the run predates them); bad files are a UserError. A committed
     folder may hold it gzipped (examples.csv.gz: a repeated full-scale run's is tens of MB), read as it is."""
-    path = Path(run_dir) / FILE
+    plain, packed = Path(run_dir) / FILE, Path(run_dir) / (FILE + ".gz")
+    if plain.is_file() and packed.is_file():
+        raise UserError(f"{run_dir}: holds both {FILE} and {FILE}.gz; keep one (which is the run's is not known)")
+    path = plain if plain.is_file() else packed
     if not path.is_file():
-        path = path.with_name(FILE + ".gz")
-        if not path.is_file():
-            return None
+        return None
     try:
         table = pd.read_csv(path, dtype={c: str for c in ("model", "recipe", "repeat", "attack", "attack_family")})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, EOFError) as exc:
-        raise UserError(f"{path}: not a readable CSV ({exc})") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, EOFError, zlib.error) as exc:
+        raise UserError(f"{path}: not a readable CSV ({one_line(exc).partition(': ')[2]})") from None
     for column, fill in ADDED.items():
         if column not in table.columns:
             table.insert(list(COLUMNS).index(column), column, fill(table))

@@ -156,8 +156,9 @@ def few_trainings_note(units: int, level: float = LEVEL) -> str:
     if units != 2:
         return ""
     t1, t2 = (float(scipy_stats.t.ppf(0.5 + level / 2, df)) for df in (1, 2))
-    return (f"on 2 independent trainings the interval's t has 1 degree of freedom ({t1:.1f} x its standard error; "
-            f"{t2:.1f} with 3 trainings): wide by design, it can reach past 0-100%; more repeats narrow it")
+    return (f"on 2 independent trainings the interval's t has 1 degree of freedom (it multiplies the training part "
+            f"of the standard error by {t1:.1f}; by {t2:.1f} with 3 trainings): wide by design, it can reach past "
+            "the quantity's range (0-100% for an accuracy); more repeats narrow it")
 
 
 def _shared_image_variance(replicates: np.ndarray, per_instance: np.ndarray) -> float:

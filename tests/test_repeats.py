@@ -206,7 +206,8 @@ def test_intervals_on_two_trainings_say_why_they_are_wide(repeated_runs):
     report = render(load_results(repeated_runs["two"]), repeated_runs["two"], with_figures=False)
     accuracy, ratio = report.split("## ADV/ORIG ratio")[0], report.split("## ADV/ORIG ratio")[1].split("\n## ")[0]
     for part in (accuracy, ratio):
-        assert "2 independent trainings the interval's t has 1 degree of freedom (12.7 x its standard error" in part
+        assert "2 independent trainings the interval's t has 1 degree of freedom (it multiplies the training " \
+               "part of the standard error by 12.7" in part
 
 
 def test_check_knows_whether_it_compares_the_same_models_or_trainings_again(repeated_runs, capsys):

@@ -41,9 +41,19 @@ def test_a_gzipped_examples_csv_reads_as_the_plain_one_and_check_uses_it(tiny_ru
     pd.testing.assert_frame_equal(examples.load(gz), examples.load(tiny_run))
     assert main(["check", str(tiny_run), "--baseline", str(gz)]) == 0
     assert "McNemar exact (paired)" in capsys.readouterr().out  # paired per image: the examples were read
+    shutil.copy(tiny_run / "examples.csv", gz / "examples.csv")  # both: which one is the run's is not known
+    with pytest.raises(UserError, match="holds both examples.csv and examples.csv.gz"):
+        examples.load(gz)
+    (gz / "examples.csv").unlink()
     (gz / "examples.csv.gz").write_bytes(b"\x1f\x8b" + b"not gzip")
     with pytest.raises(UserError, match="not a readable CSV"):
         examples.load(gz)
+    packed = bytearray(gzip.compress((tiny_run / "examples.csv").read_bytes(), compresslevel=0))
+    packed[2000:2014] = b"x,y,z\n" * 2 + b"zz"  # damaged inside: the parser's error, on one line
+    (gz / "examples.csv.gz").write_bytes(bytes(packed))
+    with pytest.raises(UserError) as raised:
+        examples.load(gz)
+    assert "\n" not in str(raised.value)
 
 
 def test_examples_csv_recomputes_every_cell_exactly(tiny_run):
