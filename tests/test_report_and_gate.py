@@ -121,6 +121,19 @@ def test_comparison_matches_cells_by_name_not_by_position():
     assert rows[("aft-fgsm", "fgsm-ablation@eps=0.01")][-1] == "+0.000"
 
 
+def test_a_report_of_a_rerun_that_computed_nothing_says_its_times_are_not_the_work(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(FIXTURE.read_text())
+    (run / "run.json").write_text(json.dumps({"timings_s": {"graph": 2.0, "total": 3.0},
+                                              "nodes": {"computed": 0, "failed": 0, "reused": 40}}))
+    text = report.render(json.loads(FIXTURE.read_text()), run, with_figures=False)
+    assert "(s, the last invocation, which computed nothing: all 40 nodes came from the store" in text
+    (run / "run.json").write_text(json.dumps({"timings_s": {"graph": 2.0}, "nodes": {"computed": 3, "reused": 1}}))
+    assert "(s, this run; cached stages count ~0): graph 2.0" in report.render(json.loads(FIXTURE.read_text()), run,
+                                                                             with_figures=False)
+
+
 def test_a_large_report_shows_its_progress(capsys, monkeypatch):
     monkeypatch.setattr(report, "PROGRESS_CELLS", 1)  # the fixture's cells count as many
     results = json.loads(FIXTURE.read_text())

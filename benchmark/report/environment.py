@@ -23,9 +23,13 @@ def environment(results: dict, run_dir: Path) -> list[str]:
              f"`{results.get('suite_hash')}`)"]
     run_file = Path(run_dir) / "run.json"
     if run_file.is_file():
-        timings = json.loads(run_file.read_text()).get("timings_s", {})
-        lines.append("- wall time per stage (s, this run; cached stages count ~0): " +
-                     ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+        run = json.loads(run_file.read_text())
+        timings, nodes = run.get("timings_s", {}), run.get("nodes") or {}
+        # A rerun that found everything in the store writes these folders anew: its times are not the work's.
+        what = (f"the last invocation, which computed nothing: all {nodes.get('reused')} nodes came from the store, "
+                "so these are not the times of the work" if nodes.get("computed") == 0 and nodes.get("reused")
+                else "this run; cached stages count ~0")
+        lines.append(f"- wall time per stage (s, {what}): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
     models = results.get("models", {})
     lines.append("- models (clean accuracy on the whole test split): " +
                  ", ".join(f"{name} {100 * info['test_acc']:.2f}%" + _made_elsewhere(info, results)
