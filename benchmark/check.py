@@ -407,9 +407,10 @@ def _per_image_rows(run: dict, baseline: dict, *, alpha: float, tolerance: float
 def _ratio_rows(run: dict, baseline: dict, *, alpha: float, tolerance: float | None, either_way: bool,
                 run_examples, baseline_examples) -> list[dict]:
     replicates = _ratio_replicates(run, baseline, run_examples, baseline_examples)
-    base_ratios, run_ratios = _paper_ratios(cells(baseline)), _paper_ratios(cells(run))
+    base_frame = cells(baseline)
+    base_ratios, run_ratios = _paper_ratios(base_frame), _paper_ratios(cells(run))
     rows = []
-    for key, group in cells(baseline).groupby(["model", "attack"], sort=False):
+    for key, group in base_frame.groupby(["model", "attack"], sort=False):
         diff, how = replicates[key]
         base_ratio = float(base_ratios[key])
         paired = how == "paired sign-flip"

@@ -99,10 +99,10 @@ def ratio_table(results: dict, means: pd.DataFrame, reps: dict | None = None,
     ratios = paper_ratio(means).set_index(["model", "attack"])["ratio"]
     groups = recipe_groups(results, means["model"])
     repeated = any(len(v) > 1 for v in groups.values()) and reps is not None
-    rows, fewest = [], None
+    rows, units = [], set()  # independent trainings per recipe
     for recipe, names in groups.items():
-        units = independent_units([found[m]["path"] for m in names]) if all(m in found for m in names) else 1
-        fewest = units if units > 1 and (fewest is None or units < fewest) else fewest
+        if all(m in found for m in names):
+            units.add(independent_units([found[m]["path"] for m in names]))
         for attack in dict.fromkeys(means.loc[means["model"].isin(names), "attack"]):
             ref = claims.reference_cell(reference, recipe, attack)
             stated = claims.stated_ratio(reference, recipe, attack)
@@ -130,7 +130,7 @@ def ratio_table(results: dict, means: pd.DataFrame, reps: dict | None = None,
     note = (" With repeated trainings: the mean over them, its 95% interval over trainings and images, the SD "
             "between the trainings, the prediction interval for a rerun of the suite and the trainings' range "
             "(benchmark.variance)." if repeated else "")
-    few = few_trainings_note(fewest) if repeated and fewest is not None else ""
+    few = few_trainings_note(2) if repeated and 2 in units else ""
     note += f" Where a recipe rests {few}." if few else ""
     return [f"The paper's ratio: the mean over the evaluation sizes of ADV / ORIG, each the mean over seeds.{note}\n",
             tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)]
