@@ -329,21 +329,19 @@ def _instance_values(results: dict) -> pd.DataFrame:
     return out
 
 
-def _unit_means(values: np.ndarray, paths: list[tuple[int, ...]]) -> np.ndarray:
-    """The means of the top repeated level (benchmark.variance), or the one value of a single training."""
-    depth = variance.replicated_level(paths)
-    if depth is None:
-        return values[:1]
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, path in enumerate(paths):
-        groups.setdefault(path[:depth + 1], []).append(i)
-    return np.array([variance.hierarchical_mean(values[idx], [paths[i] for i in idx], depth + 1)
-                     for idx in groups.values()])
+def _unit_means(values: np.ndarray, paths: list[tuple[int, ...]]) -> tuple[np.ndarray, float, bool]:
+    """The means of the top repeated level (benchmark.variance) and the variance of one of them, floored at the
+    spread within them where they agree too closely (variance.training_spread), and whether it was; a single
+    training: its value, nan."""
+    if variance.replicated_level(paths) is None:
+        return values[:1], float("nan"), False
+    means, unit_var, floor_p = variance.training_spread(values, paths)
+    return means, unit_var, floor_p is not None
 
 
 def _welch_row(recipe: str, attack: str, metric: str, units: dict[str, np.ndarray], *, alpha: float,
                tolerance: float | None, either_way: bool) -> dict:
-    mine, theirs = units["run"], units["baseline"]
+    (mine, mine_var, mine_floored), (theirs, theirs_var, theirs_floored) = units["run"], units["baseline"]
     m, b = float(np.mean(mine)), float(np.mean(theirs))
     delta = m - b
     n = f"{len(mine)} vs {len(theirs)}"
@@ -360,7 +358,7 @@ def _welch_row(recipe: str, attack: str, metric: str, units: dict[str, np.ndarra
     # Two runs of one suite train alike: under no change their training means share one variance, pooled over
     # both sides (a side with one training adds no degrees of freedom).
     df = len(mine) + len(theirs) - 2
-    pooled_var = (sum(float(np.var(u, ddof=1)) * (len(u) - 1) for u in (mine, theirs) if len(u) > 1) / df
+    pooled_var = (sum(v * (len(u) - 1) for u, v in ((mine, mine_var), (theirs, theirs_var)) if len(u) > 1) / df
                   if df > 0 else float("nan"))
     se = float(np.sqrt(pooled_var * (1 / len(mine) + 1 / len(theirs))))
     if not se > 0:
@@ -368,8 +366,10 @@ def _welch_row(recipe: str, attack: str, metric: str, units: dict[str, np.ndarra
     else:
         t = delta / se
         p = float(2 * t_dist.sf(abs(t), df)) if either_way else float(t_dist.cdf(t, df))
+    floor = ("; their means agree too closely for the spread within them, which floors the variance"
+             if mine_floored or theirs_floored else "")
     return {**row, "p": p, "test": f"Student t on the training means, pooled variance (models trained again; {n} "
-                                   f"trainings at the top repeated level)",
+                                   f"trainings at the top repeated level{floor})",
             "regression": bool(p < alpha and (delta < 0 or either_way) and delta != 0), "_se": se, "_df": df}
 
 

@@ -71,6 +71,7 @@ class Claim:
                 "components_sd": {k: _number(v) for k, v in rep.components.items()} if rep else {},
                 "trainings": rep.describe() if rep else "not measured", "repeats": len(values),
                 "includes_training": bool(rep and rep.includes_training),
+                "training_floor_p": _number(rep.floor_p) if rep and rep.floor_p is not None else None,
                 "verdict": self.verdict, "direction": self.direction,
                 "agreement": {k: [v, len(self.single)] for k, v in self.agreement.items()} if self.single else {}}
 

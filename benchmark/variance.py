@@ -13,6 +13,14 @@ their fine-tunes). Its uncertainty has two parts that are estimated apart:
 - training: the spread of the top replicated level's means (the base repeats; the fine-tunes where there is one
   base), s^2 / n with n - 1 degrees of freedom. Those means are independent, and each carries everything below it
   (fine-tuning, and the image noise that differs between models), so this is unbiased whatever the split below.
+  Floor: a few means can agree by chance far more closely than the spread within them allows (3 base means
+  within 0.01 of each other while their 5 fine-tunes each spread by 0.11): with no base variance at all, each
+  mean still varies by the within spread / sqrt(fine-tunes), so the between-unit mean square of a nested ANOVA
+  can never be expected below the within one. Where the F test of the two says the means agree too closely
+  (lower tail, p < FLOOR_P), the training part uses the within mean square instead, keeping n - 1 degrees of
+  freedom (the within spread says nothing about base variance). The interval then never is narrower than the
+  within spread justifies; over the simulated designs in tests/test_variance.py its coverage stays 94-99%
+  (the unfloored one: 94-98%, but 0 for the suites where the floor applies and the base variance is nil).
 - images: the part of image sampling that every repeat shares (an easy draw of images is easy for all), which no
   spread between repeats can show. From the image bootstrap (benchmark.stats.resample) with the same resampled
   images for every repeat: the covariance of two repeats' replicates. Without per-image outcomes aligned across
@@ -42,6 +50,7 @@ from scipy import stats as scipy_stats
 from benchmark.stats import LEVEL, percentile
 
 LEVELS = ("base training", "fine-tuning")  # the repeat levels, by depth (deeper levels count as fine-tuning)
+FLOOR_P = 0.05  # the F test's lower tail below which the top level's means agree too closely (module docstring)
 
 
 @dataclass
@@ -58,6 +67,7 @@ class Repeated:
     counts: list[int] = field(default_factory=list)  # repeats per level: [3, 5] is 3 bases x 5 fine-tunes each
     replicated: str = ""  # the top replicated level ("" : one training run)
     df: float = float("nan")  # of the interval's t quantile
+    floor_p: float | None = None  # the F test's p where the training part was floored (module docstring), else None
 
     @property
     def trainings(self) -> int:
@@ -126,10 +136,9 @@ def across_repeats(paths: list[tuple[int, ...]], replicates: np.ndarray, *, alig
     if depth is None:
         lo, hi = percentile(hierarchical_mean(replicates, paths)[:, None])
         return Repeated(value, float(lo[0]), float(hi[0]), values=[float(v) for v in observed], counts=counts)
-    units = _units(paths, depth)
-    means = np.array([hierarchical_mean(observed[idx], [paths[i] for i in idx], depth + 1) for idx in units.values()])
+    means, unit_var, floor_p = training_spread(observed, paths)
     n = len(means)
-    se2_train = float(np.var(means, ddof=1)) / n
+    se2_train = unit_var / n
     with np.errstate(invalid="ignore"):
         per_instance = np.nanvar(replicates[1:], axis=0, ddof=1)  # image variance of each repeat's value
         shared = _shared_image_variance(replicates[1:], per_instance) if aligned else float(np.mean(per_instance))
@@ -140,7 +149,28 @@ def across_repeats(paths: list[tuple[int, ...]], replicates: np.ndarray, *, alig
     return Repeated(value, value - half, value + half, value - pred, value + pred,
                     float(np.std(observed, ddof=1)), [float(v) for v in observed],
                     components(observed, paths, float(np.mean(per_instance)), shared if aligned else None),
-                    counts, LEVELS[min(depth, 1)], float(df))
+                    counts, LEVELS[min(depth, 1)], float(df), floor_p)
+
+
+def training_spread(values: np.ndarray, paths: list[tuple[int, ...]]) -> tuple[np.ndarray, float, float | None]:
+    """The top replicated level's means, the variance of one of them (floored where they agree too closely for
+    the spread within them: module docstring) and the F test's p where the floor applied, else None."""
+    depth = replicated_level(paths)
+    units = _units(paths, depth)
+    means = np.array([hierarchical_mean(values[idx], [paths[i] for i in idx], depth + 1) for idx in units.values()])
+    between = float(np.var(means, ddof=1))
+    if depth + 1 >= len(paths[0]):  # no level below the replicated one
+        return means, between, None
+    children = [np.array([hierarchical_mean(values[idx][sub], [paths[idx[i]] for i in sub], depth + 2)
+                          for sub in _units([paths[i] for i in idx], depth + 1).values()]) for idx in units.values()]
+    per_unit = len(children[0])
+    if per_unit < 2 or any(len(c) != per_unit for c in children):  # one child each, or unbalanced: no F test
+        return means, between, None
+    within = float(np.mean([np.var(c, ddof=1) for c in children]))  # mean square within, per child
+    if not within > 0:
+        return means, between, None
+    p = float(scipy_stats.f.cdf(per_unit * between / within, len(means) - 1, len(means) * (per_unit - 1)))
+    return (means, within / per_unit, p) if p < FLOOR_P else (means, between, None)
 
 
 def independent_units(paths: list[tuple[int, ...]]) -> int:

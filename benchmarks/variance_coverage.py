@@ -2,7 +2,9 @@
 simulation (the process of tests/test_variance.py: 3 base trainings x 5 fine-tunes, nested, crossed with one shared
 draw of 300 test images; accuracy by a probit with known components), beside the alternatives:
 
-- ours: mean over repeats +- t(n - 1) x training SE, with the shared image part in quadrature;
+- ours: mean over repeats +- t(n - 1) x training SE, with the shared image part in quadrature, the training SE
+  floored at the within spread where the base means agree too closely (benchmark.variance, FLOOR_P);
+- unfloored: the same without that floor; both also over the suites where the floor applied alone;
 - image only: the percentile bootstrap over images with the models held fixed (one training run's interval);
 - hierarchical bootstrap: resample base repeats, fine-tunes within them, images (percentile);
 - prediction: our prediction interval against a rerun of the suite on the same images;
@@ -29,11 +31,22 @@ import test_variance as process  # noqa: E402
 def coverage(sims: int, sd_base: float, sd_fine: float, seed: int = 0) -> dict[str, float]:
     rng = np.random.default_rng(seed)
     truth = process.norm.cdf(process.MU / np.sqrt(1 + sd_base ** 2 + sd_fine ** 2 + process.SD_IMAGE ** 2))
-    hits = {"ours": 0, "image only": 0, "hierarchical bootstrap": 0, "prediction": 0}
+    hits = {"ours": 0, "unfloored": 0, "floored": 0, "ours where floored": 0, "unfloored where floored": 0,
+            "image only": 0, "hierarchical bootstrap": 0, "prediction": 0}
+    floor_p = variance.FLOOR_P
     for _ in range(sims):
         paths, reps, difficulty = process.suite(rng, sd_base=sd_base, sd_fine=sd_fine)
         est = variance.across_repeats(paths, reps, aligned=True)
-        hits["ours"] += est.lo <= truth <= est.hi
+        variance.FLOOR_P = 0.0
+        unfloored = variance.across_repeats(paths, reps, aligned=True)
+        variance.FLOOR_P = floor_p
+        ours, plain = est.lo <= truth <= est.hi, unfloored.lo <= truth <= unfloored.hi
+        hits["ours"] += ours
+        hits["unfloored"] += plain
+        if est.floor_p is not None:
+            hits["floored"] += 1
+            hits["ours where floored"] += ours
+            hits["unfloored where floored"] += plain
         lo, hi = percentile(variance.hierarchical_mean(reps, paths)[:, None])
         hits["image only"] += lo[0] <= truth <= hi[0]
         grid = reps[1:].reshape(len(reps) - 1, process.BASES, process.FINE_TUNES)
@@ -44,7 +57,8 @@ def coverage(sims: int, sd_base: float, sd_fine: float, seed: int = 0) -> dict[s
         hits["hierarchical bootstrap"] += lo <= truth <= hi
         rerun_paths, rerun, _ = process.suite(rng, difficulty, sd_base=sd_base, sd_fine=sd_fine)
         hits["prediction"] += est.pred_lo <= variance.hierarchical_mean(rerun[0], rerun_paths) <= est.pred_hi
-    return {k: v / sims for k, v in hits.items()}
+    floored = max(hits["floored"], 1)
+    return {k: v / (floored if k.endswith("where floored") else sims) for k, v in hits.items()}
 
 
 def gate(sims: int, sd: float, drop: float, alpha: float, seed: int = 0) -> tuple[float, float]:
@@ -71,12 +85,14 @@ def main() -> None:
     args = parser.parse_args()
     print(f"Coverage of the truth by 95% intervals, {args.sims} simulated suites of 3 base trainings x 5 fine-tunes "
           "x 300 shared images (prediction: of a rerun's estimate)\n")
-    print("| SD base, fine-tune (probit) | ours | image only | hierarchical bootstrap | prediction |")
-    print("|---|---|---|---|---|")
-    for sd_base, sd_fine in ((0.15, 0.15), (0.3, 0.05), (0.0, 0.0)):
+    print("| SD base, fine-tune (probit) | ours | unfloored | image only | hierarchical bootstrap | prediction | "
+          "floor applied | ours there | unfloored there |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for sd_base, sd_fine in ((0.15, 0.15), (0.3, 0.05), (0.0, 0.0), (0.0, 0.4), (0.4, 0.4)):
         c = coverage(args.sims, sd_base, sd_fine)
-        print(f"| {sd_base}, {sd_fine} | {c['ours']:.3f} | {c['image only']:.3f} | "
-              f"{c['hierarchical bootstrap']:.3f} | {c['prediction']:.3f} |")
+        print(f"| {sd_base}, {sd_fine} | {c['ours']:.3f} | {c['unfloored']:.3f} | {c['image only']:.3f} | "
+              f"{c['hierarchical bootstrap']:.3f} | {c['prediction']:.3f} | {c['floored']:.3f} | "
+              f"{c['ours where floored']:.3f} | {c['unfloored where floored']:.3f} |")
     print(f"\nThe gate over repeats (check, models trained again), {args.gate_sims} simulated reruns each: 3 x 5 trainings "
           "per side, adversarial accuracy SD per level as given\n")
     print("| SD per level (points) | alpha | false alarms | 2-point drop caught |\n|---|---|---|---|")

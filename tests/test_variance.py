@@ -7,11 +7,14 @@ the truth is known. The interval over trainings and images covers it at about it
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.stats import norm
+from scipy.stats import t as scipy_t
 
 from benchmark import check, variance
 from benchmark.errors import UserError
+from benchmark.report import verdicts
 from benchmark.stats import percentile
 
 # The process: an image is classified correctly when mu + base + fine-tune + its difficulty + noise > 0 (probit),
@@ -164,3 +167,57 @@ def test_the_gate_refuses_runs_that_share_some_trainings_but_not_all():
     fewer = _results(adv[:2 * FINE_TUNES], "b")  # base repeats 0 and 1 only, the same weights
     with pytest.raises(UserError, match="aft: run and baseline share 10 of their trainings"):
         check.compare(fewer, baseline)
+
+
+def test_base_means_that_agree_too_closely_for_their_fine_tunes_spread_get_the_within_floor():
+    """3 bases whose means agree by chance (0.26 +- 0.01) while their 5 fine-tunes each spread by about 0.11 (the
+    full-scale paper-code run's JSMA gain): the training part is the within spread / sqrt(15), not the means'."""
+    rng = np.random.default_rng(11)
+    spread = rng.normal(0, 0.11, (BASES, FINE_TUNES))
+    spread -= spread.mean(axis=1, keepdims=True)  # each base's fine-tunes centred on its mean
+    observed = (np.array([0.272, 0.259, 0.256])[:, None] + spread).ravel()
+    paths = [(b, f) for b in range(BASES) for f in range(FINE_TUNES)]
+    replicates = np.vstack([observed, observed + rng.normal(0, 0.005, (REPLICATES, 1))])  # images: shared, small
+    est = variance.across_repeats(paths, replicates, aligned=True)
+    within = np.mean(np.var(spread, axis=1, ddof=1))
+    assert est.floor_p is not None and est.floor_p < variance.FLOOR_P
+    t2 = scipy_t.ppf(0.975, BASES - 1)
+    assert est.hi - est.value >= t2 * np.sqrt(within / (BASES * FINE_TUNES)) > 10 * np.std([0.272, 0.259, 0.256])
+    # Means as far apart as their fine-tunes imply: no floor, the interval as before.
+    apart = (np.array([0.20, 0.26, 0.32])[:, None] + spread).ravel()
+    assert variance.across_repeats(paths, np.vstack([apart, apart + replicates[1:] - observed]),
+                                   aligned=True).floor_p is None
+
+
+def test_where_the_floor_applies_it_restores_coverage_that_the_unfloored_interval_loses(monkeypatch):
+    """No base variance, fine-tuning variance only (the full-scale run's case): over the simulated suites where the
+    base means agree too closely (about 1 in 20), the unfloored interval covers the truth far less than 95%."""
+    rng = np.random.default_rng(12)
+    paths = [(b, f) for b in range(BASES) for f in range(FINE_TUNES)]
+    hits = {"floored": 0, "unfloored": 0, "n": 0}
+    for _ in range(3000):
+        observed = rng.normal(0, 1, BASES * FINE_TUNES)  # the truth is 0
+        replicates = np.vstack([observed, observed + rng.normal(0, 0.01, (40, 1))])
+        est = variance.across_repeats(paths, replicates, aligned=True)
+        if est.floor_p is None:
+            continue
+        monkeypatch.setattr(variance, "FLOOR_P", 0.0)
+        plain = variance.across_repeats(paths, replicates, aligned=True)
+        monkeypatch.setattr(variance, "FLOOR_P", 0.05)
+        hits["n"] += 1
+        hits["floored"] += est.lo <= 0 <= est.hi
+        hits["unfloored"] += plain.lo <= 0 <= plain.hi
+    assert 100 <= hits["n"] <= 200, hits  # 5% of 3000 by the F test's construction
+    assert hits["floored"] / hits["n"] >= 0.93 and hits["unfloored"] / hits["n"] < 0.8, hits
+
+
+def test_check_and_the_report_say_where_the_floor_applied():
+    rng = np.random.default_rng(13)
+    spread = rng.normal(0, 0.01, (BASES, FINE_TUNES))
+    close = (0.40 + spread - spread.mean(axis=1, keepdims=True)).ravel()  # base means all exactly 0.40
+    rows = check.compare(_results(close, "r"), _results(_trainings(rng), "b"))
+    assert "floors the variance" in rows.loc[rows["metric"] == "adv_acc", "test"].item()
+    table = pd.DataFrame([{"claim": "a gain", "ours": "aft / fgsm", "training_floor_p": 0.012},
+                          {"claim": "a ratio", "ours": "base / fgsm", "training_floor_p": None}])
+    (line,) = verdicts.floored(table)
+    assert line.startswith("Floored: a gain (aft / fgsm, F test p = 0.012).") and "a ratio" not in line

@@ -117,4 +117,19 @@ def training_variance(table: pd.DataFrame) -> list[str]:
             "level of repeats when the models were trained again.\n",
             tabulate(rows, headers=["claim", "measured in", "trainings", "estimate", "SD between repeats",
                                     "95% prediction interval (rerun)", "range", "SD split"],
-                     tablefmt="github", disable_numparse=True), ""]
+                     tablefmt="github", disable_numparse=True), ""] + floored(table)
+
+
+def floored(table: pd.DataFrame) -> list[str]:
+    """The claims whose top level's means agreed too closely for the spread within them (benchmark.variance)."""
+    if "training_floor_p" not in table:
+        return []
+    hits = [(r["claim"], r["ours"], r["training_floor_p"]) for _, r in table.iterrows()
+            if r["training_floor_p"] is not None and np.isfinite(r["training_floor_p"])]
+    if not hits:
+        return []
+    listed = "; ".join(f"{claim} ({ours}, F test p = {p:.2g})" for claim, ours, p in hits)
+    return [f"Floored: {listed}. Their base trainings' means agree more closely than the spread of the fine-tunes "
+            f"within them allows (one-sided F test, p < {variance.FLOOR_P:g}), as a few means can by chance; the "
+            "training part of their intervals and prediction intervals uses that within spread instead (with the "
+            "base trainings' degrees of freedom), so they are no narrower than the fine-tunes justify.\n"]
