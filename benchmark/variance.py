@@ -14,12 +14,12 @@ their fine-tunes). Its uncertainty has two parts that are estimated apart:
   base), s^2 / n with n - 1 degrees of freedom. Those means are independent, and each carries everything below it
   (fine-tuning, and the image noise that differs between models), so this is unbiased whatever the split below.
   Floor: a few means can agree by chance far more closely than the spread within them allows (3 base means
-  within 0.01 of each other while their 5 fine-tunes each spread by 0.11): with no base variance at all, each
+  within 0.01 of their mean while their 5 fine-tunes each spread by an SD of 0.12): with no base variance at all, each
   mean still varies by the within spread / sqrt(fine-tunes), so the between-unit mean square of a nested ANOVA
   can never be expected below the within one. Where the F test of the two says the means agree too closely
   (lower tail, p < FLOOR_P), the training part uses the within mean square instead, keeping n - 1 degrees of
-  freedom (the within spread says nothing about base variance). The interval then never is narrower than the
-  within spread justifies. By simulation (benchmarks/variance_coverage.py, 2000 suites of 3 x 5 per setting) the
+  freedom (the within spread says nothing about base variance). A pre-test, not a hard floor: means that
+  agree closely but not implausibly so (p >= FLOOR_P) keep their own spread, which is unbiased. By simulation (benchmarks/variance_coverage.py, 2000 suites of 3 x 5 per setting) the
   floor applies to 0.3-5.6% of suites; there it covers the truth 97-100% of the time where the unfloored interval
   covers 44-95%, and over all suites it moves coverage from 95.4-97.4% to 95.6-97.9%.
 - images: the part of image sampling that every repeat shares (an easy draw of images is easy for all), which no

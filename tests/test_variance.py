@@ -177,16 +177,17 @@ def test_base_means_that_agree_too_closely_for_their_fine_tunes_spread_get_the_w
     spread -= spread.mean(axis=1, keepdims=True)  # each base's fine-tunes centred on its mean
     observed = (np.array([0.272, 0.259, 0.256])[:, None] + spread).ravel()
     paths = [(b, f) for b in range(BASES) for f in range(FINE_TUNES)]
-    replicates = np.vstack([observed, observed + rng.normal(0, 0.005, (REPLICATES, 1))])  # images: shared, small
+    replicates = np.vstack([observed] * (REPLICATES + 1))  # no image variance: the interval is the training part
     est = variance.across_repeats(paths, replicates, aligned=True)
     within = np.mean(np.var(spread, axis=1, ddof=1))
     assert est.floor_p is not None and est.floor_p < variance.FLOOR_P
     t2 = scipy_t.ppf(0.975, BASES - 1)
-    assert est.hi - est.value >= t2 * np.sqrt(within / (BASES * FINE_TUNES)) > 10 * np.std([0.272, 0.259, 0.256])
+    assert np.isclose(est.hi - est.value, t2 * np.sqrt(within / (BASES * FINE_TUNES)))
+    assert np.isclose(est.value - est.pred_lo, t2 * np.sqrt(2 * within / (BASES * FINE_TUNES)))
+    assert est.hi - est.value > 10 * np.std([0.272, 0.259, 0.256])
     # Means as far apart as their fine-tunes imply: no floor, the interval as before.
     apart = (np.array([0.20, 0.26, 0.32])[:, None] + spread).ravel()
-    assert variance.across_repeats(paths, np.vstack([apart, apart + replicates[1:] - observed]),
-                                   aligned=True).floor_p is None
+    assert variance.across_repeats(paths, np.vstack([apart] * (REPLICATES + 1)), aligned=True).floor_p is None
 
 
 def test_where_the_floor_applies_it_restores_coverage_that_the_unfloored_interval_loses(monkeypatch):
@@ -220,4 +221,4 @@ def test_check_and_the_report_say_where_the_floor_applied():
     table = pd.DataFrame([{"claim": "a gain", "ours": "aft / fgsm", "training_floor_p": 0.012},
                           {"claim": "a ratio", "ours": "base / fgsm", "training_floor_p": None}])
     (line,) = verdicts.floored(table)
-    assert line.startswith("Floored: a gain (aft / fgsm, F test p = 0.012).") and "a ratio" not in line
+    assert line.startswith("Floored: a gain, measured in aft / fgsm (F test p = 0.012).") and "a ratio" not in line

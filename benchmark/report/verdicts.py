@@ -128,8 +128,9 @@ def floored(table: pd.DataFrame) -> list[str]:
             if r["training_floor_p"] is not None and np.isfinite(r["training_floor_p"])]
     if not hits:
         return []
-    listed = "; ".join(f"{claim} ({ours}, F test p = {p:.2g})" for claim, ours, p in hits)
-    return [f"Floored: {listed}. Their base trainings' means agree more closely than the spread of the fine-tunes "
-            f"within them allows (one-sided F test, p < {variance.FLOOR_P:g}), as a few means can by chance; the "
-            "training part of their intervals and prediction intervals uses that within spread instead (with the "
-            "base trainings' degrees of freedom), so they are no narrower than the fine-tunes justify.\n"]
+    listed = "; ".join(f"{claim}, measured in {ours} (F test p = {p:.2g})" for claim, ours, p in hits)
+    return [f"Floored: {listed}. The means of its top repeated level (the base trainings) agree more closely than "
+            f"the spread of the trainings within them (the fine-tunes) allows (one-sided F test, p < "
+            f"{variance.FLOOR_P:g}), as a few means can by chance; the training part of its interval and "
+            "prediction interval uses that within spread instead (with the top level's degrees of freedom), so "
+            "they are no narrower than the trainings within justify.\n"]
