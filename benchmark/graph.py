@@ -10,7 +10,8 @@ each node was computed (a remote executor's worker).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, Callable, Protocol
 
 
@@ -78,6 +79,24 @@ def order(nodes: list[Node]) -> list[Node]:
     for node in nodes:
         visit(node)
     return out
+
+
+def without(nodes: list[Node], known: dict[str, Any]) -> list[Node]:
+    """The nodes whose value is not `known` (node id -> value: what the store already holds), each of them given
+    the known values of its dependencies, so an executor never dispatches a node that would only read its record
+    (on Ray: no actor starts for a rerun that computes nothing)."""
+    out = []
+    for node in nodes:
+        if node.id in known:
+            continue
+        given = {d: known[d] for d in node.deps if d in known}
+        out.append(replace(node, deps=tuple(d for d in node.deps if d not in known),
+                           fn=partial(_with_values, node.fn, given)) if given else node)
+    return out
+
+
+def _with_values(fn, given: dict[str, Any], ctx, values: dict[str, Any]) -> Any:
+    return fn(ctx, {**given, **values})
 
 
 def one_line(exc: BaseException) -> str:

@@ -43,7 +43,7 @@ from benchmark import claims, cost, env, evaluate, examples, fingerprint, prefli
 from benchmark.context import Evaluation, Work
 from benchmark.errors import UserError, one_line
 from benchmark.executor import Executor, LocalExecutor
-from benchmark.graph import Outcome, RunFailed
+from benchmark.graph import Outcome, RunFailed, without
 from benchmark.plan import Plan, plan_graph
 from benchmark.store import atomic_json, tensors_hash
 from benchmark.suite import Suite, check_sizes, load, with_provided
@@ -106,14 +106,18 @@ def run_suites(suites: list[Suite | str | Path], outs: list[str | Path] | None =
              for suite, (data, loaded) in zip(suites, prepared)]
     data_seconds = time.perf_counter() - started
     nodes, plans = plan_graph(works)
-    estimate = announce_cost(nodes, works, torch_device)
+    # The workers' thread count (a Ray actor's), which CPU keys carry: the estimate looks up what they would.
+    threads = executor.describe().get("cpu_threads") or torch.get_num_threads()
+    estimate, stored = announce_cost(nodes, works, torch_device, threads)
     graph_started = time.perf_counter()
-    outcome = executor.run(nodes, {w.token: w for w in works})
+    todo = without(nodes, stored)  # what the estimate found stored is not dispatched again
+    outcome = executor.run(todo, {w.token: w for w in works}) if todo else Outcome()
+    outcome.values = {**stored, **outcome.values}
     graph_seconds = time.perf_counter() - graph_started
     computed = {n for n, v in outcome.values.items() if isinstance(v, dict) and v.get("computed")}
     costs = {"estimate": estimate.record() if estimate is not None else None,
              "measured": cost.measured(nodes, outcome.seconds, computed)}
-    cost.remember_rates(nodes, {w.token: w for w in works}, outcome.seconds, computed, torch_device)
+    cost.remember_rates(nodes, {w.token: w for w in works}, outcome.seconds, computed, torch_device, threads)
     failed, skipped = outcome.failures(nodes)
     lost = {n.id for n in failed + skipped}
     described = executor.describe()
@@ -135,16 +139,18 @@ def run_suites(suites: list[Suite | str | Path], outs: list[str | Path] | None =
     return frames
 
 
-def announce_cost(nodes, works: list[Work], device) -> "cost.Estimate | None":
-    """The command's cost estimate (benchmark.cost), one line on stderr before any work; on a CPU, a note naming
-    a CPU-scale suite where base training alone would take over HEAVY_S."""
+def announce_cost(nodes, works: list[Work], device,
+                  threads: int | None = None) -> "tuple[cost.Estimate | None, dict]":
+    """The command's cost estimate (benchmark.cost), one line on stderr before any work, and the values of the
+    nodes the store holds (node id -> value); on a CPU, a note naming a CPU-scale suite where base training alone
+    would take over HEAVY_S."""
     try:
-        estimate, _ = cost.estimate(nodes, {w.token: w for w in works}, device)
+        estimate, stored = cost.estimate(nodes, {w.token: w for w in works}, device, threads=threads)
     except UserError:
         raise
     except Exception as exc:  # e.g. the workers' GPUs seen from a driver without one: the run itself goes on
         print(f"cost: not estimated on this machine ({one_line(exc)})", file=sys.stderr)
-        return None
+        return None, {}
     print(estimate.line(), file=sys.stderr)
     if device.type == "cpu" and estimate.seconds.get("base trainings", 0.0) > HEAVY_S:
         siblings = [str(w.suite.path.with_name(f"{w.suite.path.stem}-cpu.toml")) for w in works
@@ -152,7 +158,7 @@ def announce_cost(nodes, works: list[Work], device) -> "cost.Estimate | None":
         instead = f"for a CPU try {', '.join(siblings)}" if siblings else "it is meant for a GPU (--device cuda)"
         print(f"note: base training alone is about {estimate.seconds['base trainings'] / 3600:.1f} h on this CPU; "
               f"{instead}; going on", file=sys.stderr)
-    return estimate
+    return estimate, stored
 
 
 HEAVY_S = 3600.0  # base training expected to take longer than this on a CPU gets a note before it starts

@@ -161,8 +161,8 @@ seeds = [0]
 batch_size = 40
 
 [checks]
-multistep = {{ steps = 10 }}
-black_box = {{ n_queries = 30 }}
+multistep = {{ steps = 5 }}
+black_box = {{ n_queries = 15 }}
 from_parent = ["fgsm"]
 probe_images = 40
 """

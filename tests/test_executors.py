@@ -18,7 +18,7 @@ from benchmark import cli, evaluate, runner
 from benchmark import nodes as node_fns
 from benchmark import context as bench_context
 from benchmark.executor import LocalExecutor
-from benchmark.graph import Node, RunFailed
+from benchmark.graph import Node, RunFailed, without
 
 
 def _artefacts(out: Path) -> dict[str, int]:
@@ -85,6 +85,18 @@ def _check_failure_semantics(outcome, nodes):
 def test_local_executor_runs_what_does_not_depend_on_a_failure():
     nodes = _graph()
     _check_failure_semantics(LocalExecutor().run(nodes, {"w": _Work("w")}), nodes)
+
+
+def test_nodes_the_store_holds_are_not_dispatched_and_their_values_reach_their_dependents():
+    """graph.without: the runner drops the nodes whose values the cost estimate read from the store; a node that
+    depends on one gets its value bound in, so the executor runs only what is left."""
+    nodes = _graph()
+    left = without(nodes, {"a": 100, "b": 200})
+    assert [n.id for n in left] == ["c", "bad", "after_bad", "d"]
+    assert [n.deps for n in left] == [(), (), ("bad", "c"), ("c",)]
+    outcome = LocalExecutor().run(left, {"w": _Work("w")})
+    assert outcome.values == {"c": 300, "d": 310} and list(outcome.errors) == ["bad"]
+    assert without(nodes, {}) == nodes
 
 
 def test_failing_evaluation_keeps_the_rest_and_a_rerun_resumes(tiny_suite, tmp_path, monkeypatch, capsys):
@@ -210,6 +222,11 @@ def test_ray_run_is_bit_identical_to_a_local_run_and_reruns_make_nothing(ray_exe
         runner.run_suite(path, tmp_path / out, device="cpu", executor=ray_executor, write_report=False)
         assert _artefacts(tmp_path / out / "artefacts") == before
     assert json.loads((tmp_path / "ray" / "results.json").read_text())["executor"]["kind"] == "ray"
+    # The rerun's estimate looked the nodes up under the actors' thread count (1), found all 9, and none was
+    # handed to an actor.
+    rerun = json.loads((tmp_path / "ray" / "run.json").read_text())
+    assert rerun["cost"]["estimate"]["stored"] == 9 and rerun["cost"]["estimate"]["nodes"] == {}
+    assert rerun["placement"] == {} and rerun["nodes"]["computed"] == 0
 
 
 def test_ray_keeps_what_does_not_depend_on_a_failure(ray_executor):
