@@ -7,7 +7,7 @@ and the seconds the others will take, by kind (base trainings, fine-tunes, adver
 What is stored: every node is called as the run would call it, on a store that refuses to compute
 (`Probe`): a node whose record is there returns it (and its dependents can be looked up in turn), one that would
 compute stops before it starts. So the estimate knows what a rerun reuses, after a kill or an edit of the code,
-exactly as the run will.
+exactly as the run will. A base training interrupted after an epoch checkpoint is counted from that epoch on.
 
 Seconds, from passes measured here on each root architecture and image shape (a training step per image at the
 recipe's batch; a forward pass and a forward + backward pass per image), times what each node does: a base
@@ -68,6 +68,7 @@ class Estimate:
     bounded: set[str] = field(default_factory=set)  # kinds whose estimate is an upper bound (early stop, attacks)
     untimed: dict[str, str] = field(default_factory=dict)  # model -> why it could not be timed (it raised)
     nodes: dict[str, float] = field(default_factory=dict)  # node id -> its estimated seconds
+    resumed: dict[str, tuple[int, int]] = field(default_factory=dict)  # model -> (epochs checkpointed, epochs)
 
     @property
     def total(self) -> float:
@@ -80,6 +81,8 @@ class Estimate:
         stored = (f"{self.stored} of {self.total_nodes} nodes already in the store" if self.stored
                   else "nothing in the store yet")
         untimed = "".join(f"; {name} not timed ({why}), its nodes not counted" for name, why in self.untimed.items())
+        untimed += "".join(f"; {name} resumes from its checkpoint after epoch {done} of {epochs}"
+                           for name, (done, epochs) in self.resumed.items())
         if not parts:
             return f"cost: nothing to compute ({stored}){untimed}"
         return f"cost: about {duration(self.total)} on this {self.device} ({', '.join(parts)}); {stored}{untimed}"
@@ -87,7 +90,7 @@ class Estimate:
     def record(self) -> dict[str, Any]:
         return {"total_s": round(self.total, 1), "seconds": {k: round(v, 1) for k, v in self.seconds.items()},
                 "nodes": dict(self.counts), "stored": self.stored, "upper_bounds": sorted(self.bounded),
-                "untimed": dict(self.untimed)}
+                "untimed": dict(self.untimed), "resumed": {k: list(v) for k, v in self.resumed.items()}}
 
 
 def duration(seconds: float) -> str:
@@ -354,7 +357,10 @@ def estimate(nodes: list[Node], works: dict[str, Any], device: torch.device,
                 e = spec.entry
                 held = e["early_stop"]["val_size"] if e["early_stop"] else 0
                 images = e["train_images"] or len(ctx.data.train_y) - held
-                seconds += e["epochs"] * (images * p.train[e["batch_size"]] + held * p.forward)
+                done = checkpointed_epochs(ctx, spec)
+                if done:
+                    out.resumed[spec.name] = (done, e["epochs"])
+                seconds += (e["epochs"] - done) * (images * p.train[e["batch_size"]] + held * p.forward)
                 seconds += len(ctx.data.test_y) * p.forward
                 if e["early_stop"]:
                     out.bounded.add(kind)
@@ -392,6 +398,21 @@ def estimate(nodes: list[Node], works: dict[str, Any], device: torch.device,
         out.nodes[node.id] = seconds
         out.counts[kind] = out.counts.get(kind, 0) + 1
     return out, values
+
+
+def checkpointed_epochs(ctx, spec) -> int:
+    """The epochs a base training's checkpoint in the store holds, where the run would resume from it (the code
+    that wrote it unchanged: nodes._resumable), else 0."""
+    from benchmark import fingerprint
+    from benchmark.nodes import base_key
+
+    try:
+        saved = ctx.store.get_tensors("checkpoints", base_key(ctx, spec))
+    except Exception:  # noqa: BLE001  (a damaged checkpoint: the run trains from the start, as counted)
+        return 0
+    if not saved or not isinstance(saved.get("code"), str) or not fingerprint.unchanged(json.loads(saved["code"])):
+        return 0
+    return len(saved.get("epochs", []))
 
 
 RATES = "rates.json"  # in the store's folder: seconds per attacked image, per attack, architecture and device

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from benchmark import cost
+from benchmark import cost, runner
 from benchmark.cli import main
 
 EXTRA = """
@@ -49,6 +49,29 @@ def test_the_estimate_knows_what_the_store_holds(tiny_suite, capsys):
     line = capsys.readouterr().err.strip().splitlines()[-1]
     # seed 2: 2 models x 2 attacks; measured rates of the first run price them (no "up to")
     assert "(4 evaluations " in line and "up to" not in line and "already in the store" in line, line
+
+
+def test_a_base_training_with_an_epoch_checkpoint_is_counted_from_that_epoch(tiny_suite, capsys):
+    """As after a kill mid-training: the model gone from the store, a checkpoint of its key after epoch 1 of 2."""
+    from benchmark.store import Store
+
+    path = _suite(tiny_suite)
+    out, store = path.parent / "run", path.parent / "store"
+    assert main(["run", str(path), "--out", str(out), "--store", str(store), "--device", "cpu"]) == 0
+    key = json.loads((out / "results.json").read_text())["models"]["base"]["key"]
+    code = json.loads((store / "model-info" / f"{key}.json").read_text())["code"]  # the manifest training ran
+    capsys.readouterr()
+    for record in store.glob(f"*/{key}.*"):
+        record.unlink()
+    assert main(["validate", str(path), "--cost", "--device", "cpu", "--store", str(store)]) == 0
+    whole = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "resumes" not in whole
+    Store(store).put_state("checkpoints", key, {"epochs": [{"epoch": 1}], "code": json.dumps(code)})
+    estimate = runner.estimate_cost([path], device="cpu", store=store)
+    assert estimate.resumed == {"base": (1, 2)}
+    assert estimate.line().endswith("; base resumes from its checkpoint after epoch 1 of 2")
+    Store(store).put_state("checkpoints", key, {"epochs": [{"epoch": 1}], "code": json.dumps({"other": "code"})})
+    assert runner.estimate_cost([path], device="cpu", store=store).resumed == {}  # the run would not resume it
 
 
 def test_attack_passes_follow_the_resolved_parameters():
