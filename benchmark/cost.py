@@ -67,7 +67,6 @@ class Estimate:
     device: str = "cpu"
     bounded: set[str] = field(default_factory=set)  # kinds whose estimate is an upper bound (early stop, attacks)
     untimed: dict[str, str] = field(default_factory=dict)  # model -> why it could not be timed (it raised)
-    nodes: dict[str, float] = field(default_factory=dict)  # node id -> its estimated seconds
     resumed: dict[str, tuple[int, int]] = field(default_factory=dict)  # model -> (epochs checkpointed, epochs)
 
     @property
@@ -395,24 +394,20 @@ def estimate(nodes: list[Node], works: dict[str, Any], device: torch.device,
                 n = ctx.suite.checks.probes(len(ctx.data.test_y))
                 seconds += n * (p.backward + 3 * p.forward)
         out.seconds[kind] = out.seconds.get(kind, 0.0) + seconds
-        out.nodes[node.id] = seconds
         out.counts[kind] = out.counts.get(kind, 0) + 1
     return out, values
 
 
 def checkpointed_epochs(ctx, spec) -> int:
-    """The epochs a base training's checkpoint in the store holds, where the run would resume from it (the code
-    that wrote it unchanged: nodes._resumable), else 0."""
-    from benchmark import fingerprint
-    from benchmark.nodes import base_key
+    """The epochs a base training's checkpoint in the store holds, where the run would resume from it, else 0."""
+    from benchmark.nodes import _resumable, base_key
 
     try:
         saved = ctx.store.get_tensors("checkpoints", base_key(ctx, spec))
     except Exception:  # noqa: BLE001  (a damaged checkpoint: the run trains from the start, as counted)
         return 0
-    if not saved or not isinstance(saved.get("code"), str) or not fingerprint.unchanged(json.loads(saved["code"])):
-        return 0
-    return len(saved.get("epochs", []))
+    # The training node's own test (outside a node's recording, its merge of the manifest does nothing).
+    return len(saved.get("epochs", [])) if _resumable(saved) is not None else 0
 
 
 RATES = "rates.json"  # in the store's folder: seconds per attacked image, per attack, architecture and device
